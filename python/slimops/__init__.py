@@ -1,0 +1,36 @@
+"""slimops: compiled PyTorch kernels that make models smaller and faster.
+
+Three ways in:
+
+* ``torch.ops.slimops.*`` (or the typed wrappers in :mod:`slimops.ops`);
+* ``slimops.convert(model, config)`` to swap modules in an existing model;
+* ``slimops bench`` for the microbenchmarks.
+
+``import slimops`` always works; :func:`slimops.backends` says which backends
+this installation has and why the others are missing.
+"""
+
+from __future__ import annotations
+
+import torch  # noqa: F401  (slimops._C links against libtorch: import torch first)
+
+from slimops import _build
+from slimops.backend import use_backend
+
+__version__ = "0.1.0"
+
+if _build.HAS_C:
+    from slimops import ops  # noqa: F401  (registers fakes and CUDA-key kernels)
+else:
+    import warnings
+
+    warnings.warn(f"slimops: compiled ops are unavailable: {_build.C_ERROR}", stacklevel=2)
+
+
+def backends() -> dict[str, bool]:
+    """Which backends this process can use: ``{"cpu": ..., "cuda": ..., "triton": ...}``."""
+    missing = _build.missing_backends()
+    return {name: name not in missing for name in ("cpu", "cuda", "triton")}
+
+
+__all__ = ["backends", "use_backend", "__version__"]

@@ -1,0 +1,158 @@
+"""Argument validation shared by the fake (meta) impls and the Triton launchers.
+
+It mirrors csrc/quantize.cpp message for message, so an op fails the same way
+on every backend and under torch.compile. ``torch._check`` keeps the checks
+traceable with symbolic shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class ChannelGeometry(NamedTuple):
+    """A tensor seen as [outer, channels, inner] with one scale per channel."""
+
+    outer: int
+    channels: int
+    inner: int
+
+
+def _fail(op: str, msg: str) -> str:
+    return f"slimops.{op}: {msg}"
+
+
+def check_float_input(x: torch.Tensor, op: str, name: str) -> None:
+    torch._check(
+        x.dtype in FLOAT_DTYPES,
+        lambda: _fail(op, f"{name} must be float32, float16 or bfloat16, got {x.dtype}"),
+    )
+    torch._check(
+        x.layout == torch.strided,
+        lambda: _fail(op, f"{name} must be a dense (strided) tensor, got layout {x.layout}"),
+    )
+
+
+def check_dtype(x: torch.Tensor, want: torch.dtype, op: str, name: str) -> None:
+    torch._check(x.dtype == want, lambda: _fail(op, f"{name} must be {want}, got {x.dtype}"))
+    torch._check(
+        x.layout == torch.strided,
+        lambda: _fail(op, f"{name} must be a dense (strided) tensor, got layout {x.layout}"),
+    )
+
+
+def check_same_device(a: torch.Tensor, b: torch.Tensor, op: str, name_a: str, name_b: str) -> None:
+    torch._check(
+        a.device == b.device,
+        lambda: _fail(op, f"{name_a} and {name_b} must be on the same device, got {a.device} and {b.device}"),
+    )
+
+
+def validate_quantize_per_token(x: torch.Tensor) -> tuple[int, int]:
+    """Returns ``(rows, K)`` for x [..., K]."""
+    op = "quantize_per_token"
+    check_float_input(x, op, "x")
+    torch._check(
+        x.dim() >= 1,
+        lambda: _fail(op, "x must have at least 1 dimension (rows of the last dimension), got a 0-d tensor"),
+    )
+    k = x.shape[-1]
+    rows = math.prod(x.shape[:-1])
+    torch._check(
+        k > 0 or rows == 0,
+        lambda: _fail(op, f"x must have a non-empty last dimension, got shape {tuple(x.shape)}"),
+    )
+    return rows, k
+
+
+def validate_quantize_per_channel(x: torch.Tensor, axis: int) -> ChannelGeometry:
+    op = "quantize_per_channel"
+    check_float_input(x, op, "x")
+    torch._check(x.dim() >= 1, lambda: _fail(op, "x must have at least 1 dimension, got a 0-d tensor"))
+    torch._check(
+        -x.dim() <= axis < x.dim(),
+        lambda: _fail(
+            op, f"axis must be in [{-x.dim()}, {x.dim()}) for x of shape {tuple(x.shape)}, got {axis}"
+        ),
+    )
+    a = axis % x.dim()
+    g = ChannelGeometry(math.prod(x.shape[:a]), x.shape[a], math.prod(x.shape[a + 1 :]))
+    torch._check(
+        g.channels == 0 or g.outer * g.inner > 0,
+        lambda: _fail(
+            op, f"x must have at least one element per channel, got shape {tuple(x.shape)} with axis {axis}"
+        ),
+    )
+    return g
+
+
+def channel_scale_shape(x: torch.Tensor, axis: int) -> list[int]:
+    a = axis % x.dim()
+    return [x.shape[d] if d == a else 1 for d in range(x.dim())]
+
+
+def validate_dequantize(
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> ChannelGeometry:
+    op = "dequantize"
+    check_dtype(q, torch.int8, op, "q")
+    check_dtype(scale, torch.float32, op, "scale")
+    check_same_device(q, scale, op, "q", "scale")
+    torch._check(
+        out_dtype in FLOAT_DTYPES,
+        lambda: _fail(op, f"out_dtype must be float32, float16 or bfloat16, got {out_dtype}"),
+    )
+    torch._check(
+        scale.dim() == q.dim(),
+        lambda: _fail(
+            op,
+            f"scale must have the rank of q (keepdim layout), got scale shape {tuple(scale.shape)} "
+            f"for q of shape {tuple(q.shape)}",
+        ),
+    )
+    varying = []
+    for d in range(q.dim()):
+        torch._check(
+            scale.shape[d] == 1 or scale.shape[d] == q.shape[d],
+            lambda: _fail(
+                op,
+                f"scale must have size 1 or {q.shape[d]} in dim {d}, got scale shape {tuple(scale.shape)} "
+                f"for q of shape {tuple(q.shape)}",
+            ),
+        )
+        if scale.shape[d] != 1:
+            varying.append(d)
+    if not varying:
+        g = ChannelGeometry(1, 1, q.numel())
+    else:
+        first, last = varying[0], varying[-1]
+        for d in range(first, last + 1):
+            torch._check(
+                scale.shape[d] == q.shape[d],
+                lambda: _fail(
+                    op,
+                    "scale must vary along one contiguous run of dims (per-tensor, per-token or "
+                    f"per-channel), got scale shape {tuple(scale.shape)} for q of shape {tuple(q.shape)}",
+                ),
+            )
+        g = ChannelGeometry(
+            math.prod(q.shape[:first]), math.prod(q.shape[first : last + 1]), math.prod(q.shape[last + 1 :])
+        )
+    if zero_point is not None:
+        check_dtype(zero_point, torch.int32, op, "zero_point")
+        check_same_device(q, zero_point, op, "q", "zero_point")
+        torch._check(
+            zero_point.shape == scale.shape,
+            lambda: _fail(
+                op, f"zero_point must have the shape of scale {tuple(scale.shape)}, got {tuple(zero_point.shape)}"
+            ),
+        )
+    return g
