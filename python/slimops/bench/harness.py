@@ -231,6 +231,7 @@ class _Progress:
                 f"{row['shape']} {row['dtype']} {row['provider']}: {what}",
                 highlight=False,
                 markup=False,
+                soft_wrap=True,
             )
 
 
@@ -382,6 +383,9 @@ def print_table(rows: list[dict], console=None) -> None:
     from rich.text import Text
 
     console = console or Console()
+    if not console.is_terminal:
+        # A log file or pipe: rich would assume 80 columns and truncate the cells.
+        console.width = max(console.width, 160)
     if not rows:
         console.print("no rows")
         return

@@ -1,0 +1,5 @@
+"""``python -m slimops ...``: the same as the ``slimops`` command."""
+
+from slimops.cli import main
+
+raise SystemExit(main())

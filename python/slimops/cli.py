@@ -1,0 +1,129 @@
+"""The ``slimops`` command: ``slimops info`` and ``slimops bench``.
+
+Each subcommand is an ``_add_<name>(subparsers)`` function that registers its
+arguments and sets ``func``; a new subcommand adds one such function to
+``_SUBCOMMANDS``. Heavy imports stay inside the handlers so ``slimops --help``
+is quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _info(args: argparse.Namespace) -> int:
+    from slimops.info import collect_info, print_info
+
+    info = collect_info()
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        print_info(info)
+    return 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="versions, built backends, GPU and CPU")
+    p.add_argument("--json", action="store_true", help="print the information as JSON")
+    p.set_defaults(func=_info)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+
+    # From the modules, not the package: an editable install made before
+    # slimops/bench/__init__.py existed maps slimops.bench as a namespace package.
+    from slimops.bench.harness import print_table, run_suite, write_json
+    from slimops.bench.suites import load_suites
+
+    suites = load_suites()
+    err = Console(stderr=True)
+    if args.list:
+        for s in suites.values():
+            print(f"{s.name}: {s.description}")
+            print(f"  providers: {', '.join(p.name + ' (' + '/'.join(p.devices) + ')' for p in s.providers)}")
+        return 0
+
+    names = args.suite or list(suites)
+    unknown = [n for n in names if n not in suites]
+    if unknown:
+        err.print(f"slimops bench: unknown suite(s) {unknown}; choose from {list(suites)}")
+        return 2
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        err.print("slimops bench: --device cuda but torch sees no CUDA device")
+        return 2
+    if args.providers:
+        known = {p.name for n in names for p in suites[n].providers}
+        bad = [p for p in args.providers if p not in known]
+        if bad:
+            err.print(f"slimops bench: unknown provider(s) {bad}; choose from {sorted(known)}")
+            return 2
+
+    rows: list[dict] = []
+
+    def save(partial: list[dict]) -> None:
+        # Rewritten after every case, so a run cut short still leaves its rows.
+        if args.json:
+            write_json(rows + partial, args.json, args.argv)
+
+    for name in names:
+        suite = suites[name]
+        # With --providers and several suites, each suite runs the named ones it has.
+        wanted = [p for p in args.providers if p in {q.name for q in suite.providers}] if args.providers else None
+        rows += run_suite(suite, device, quick=args.quick, providers=wanted, on_case_done=save)
+    save([])
+    print_table(rows)
+    if args.json:
+        err.print(f"wrote {len(rows)} rows to {args.json}")
+    errors = [r for r in rows if r["status"] == "error"]
+    if errors:
+        err.print(f"[red]{len(errors)} row(s) failed[/]")
+    return 1 if errors else 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="time slimops' ops against eager torch and torch.compile",
+        description="Time every provider on every case of a suite; print a table, optionally write JSON rows.",
+    )
+    p.add_argument("--suite", action="append", metavar="NAME", help="suite to run (repeatable; default: all)")
+    p.add_argument("--quick", action="store_true", help="a few small real shapes and shorter timing")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when visible, else cpu")
+    p.add_argument("--json", metavar="PATH", help="write the rows as JSON to PATH")
+    p.add_argument(
+        "--providers", nargs="+", metavar="NAME", help="only these providers (the baseline is always run)"
+    )
+    p.add_argument("--list", action="store_true", help="list suites and providers, then exit")
+    p.set_defaults(func=_bench)
+
+
+_SUBCOMMANDS = [_add_info, _add_bench]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slimops", description="slimops: compiled kernels for smaller, faster models")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in _SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``slimops`` console script and ``python -m slimops``.
+
+    Args:
+        argv: arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        the process exit status.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded in the bench JSON
+    return args.func(args)

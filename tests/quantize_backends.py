@@ -1,0 +1,114 @@
+"""The implementations of the quantize family that a test can run here.
+
+Each one is a triple of callables with the signatures of slimops.ops:
+- "cpu": torch.ops.slimops.* on CPU tensors (the C++ kernels);
+- "triton-interpret": the Triton launchers on CPU tensors under TRITON_INTERPRET=1;
+- "cuda" / "triton": torch.ops.slimops.* on CUDA tensors with that backend forced.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+import torch
+
+import slimops
+from slimops import _build
+
+
+@dataclass
+class Impl:
+    name: str
+    device: str
+    quantize_per_token: Callable
+    quantize_per_channel: Callable
+    dequantize: Callable
+    # bf16 is silently wrong in the Triton interpreter.
+    bf16: bool = True
+
+
+def _forced(backend: str, fn: Callable) -> Callable:
+    def run(*args, **kwargs):
+        with slimops.use_backend(backend):
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def get_impl(name: str) -> Impl:
+    ops = slimops.ops
+    if name == "cpu":
+        return Impl("cpu", "cpu", ops.quantize_per_token, ops.quantize_per_channel, ops.dequantize)
+    if name == "triton-interpret":
+        from slimops.kernels import quantize as k
+
+        return Impl(name, "cpu", k.quantize_per_token, k.quantize_per_channel, k.dequantize, bf16=False)
+    return Impl(
+        name,
+        "cuda",
+        _forced(name, ops.quantize_per_token),
+        _forced(name, ops.quantize_per_channel),
+        _forced(name, ops.dequantize),
+    )
+
+
+_interp = os.environ.get("TRITON_INTERPRET") == "1" and _build.HAS_TRITON
+IMPLS = [
+    pytest.param("cpu"),
+    pytest.param(
+        "triton-interpret",
+        marks=pytest.mark.skipif(not _interp, reason="needs triton and TRITON_INTERPRET=1 (CPU machines)"),
+    ),
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(not _build.HAS_CUDA_KERNELS, reason=_build.missing_backends().get("cuda", "")),
+        ],
+    ),
+    pytest.param(
+        "triton",
+        marks=[pytest.mark.gpu, pytest.mark.skipif(not _build.HAS_TRITON, reason="triton is not installed")],
+    ),
+]
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def skip_unsupported(impl: Impl, dtype: torch.dtype) -> None:
+    if dtype == torch.bfloat16 and not impl.bf16:
+        pytest.skip("bf16 is wrong under the Triton interpreter; tested on GPU")
+
+
+def random_rows(shape, dtype, device, seed, *, layout="contiguous") -> torch.Tensor:
+    """Fresh random values with magnitudes spread over 6 decades per row, never zero.
+
+    ``layout`` returns such values through a non-contiguous view: "sliced"
+    (row stride > K), "transposed" (column-major), "stepped" (last-dim stride 2).
+    """
+    g = torch.Generator().manual_seed(seed)
+    *lead, k = shape
+    rows = math.prod(lead)
+    mag = 10.0 ** torch.empty(rows, 1).uniform_(-3, 3, generator=g)
+    vals = torch.randn(rows, k, generator=g) * mag
+    vals = torch.where(vals == 0, torch.full_like(vals, 0.25), vals).to(dtype=dtype, device=device)
+    if layout == "contiguous":
+        x = vals
+    elif layout == "sliced":
+        x = torch.randn(rows, k + 7, generator=g).to(dtype=dtype, device=device)[:, 3 : 3 + k]
+        x.copy_(vals)
+    elif layout == "transposed":
+        x = vals.t().contiguous().t()
+    elif layout == "stepped":
+        x = torch.randn(rows, 2 * k, generator=g).to(dtype=dtype, device=device)[:, ::2]
+        x.copy_(vals)
+    else:
+        raise ValueError(layout)
+    # unflatten keeps the view (and its strides) where one exists.
+    if not lead:
+        return x[0]
+    return x.unflatten(0, tuple(lead)) if len(lead) > 1 else x

@@ -1,0 +1,193 @@
+"""int8 quantize / dequantize: every implementation against the reference.
+
+Exactness: int8 values and zero points must equal the reference bit for bit
+(round half to even, saturation), scales too (the spec allows 1 ulp; the
+kernels do the same single IEEE division, so we hold them to 0). A float64
+check then confirms the reference itself is a correct rounding.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slimops import reference as ref
+from tests.quantize_backends import DTYPES, IMPLS, get_impl, random_rows, skip_unsupported
+
+pytestmark = pytest.mark.usefixtures("poison_empty")
+
+TOKEN_SHAPES = [(1, 1), (1, 5), (5, 17), (17, 123), (3, 5, 769), (2, 4097), (123,)]
+LAYOUTS = ["contiguous", "sliced", "transposed", "stepped"]
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request):
+    return get_impl(request.param)
+
+
+def assert_per_token_exact(x, q, scale):
+    rq, rs = ref.quantize_per_token(x.cpu())
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32
+    assert q.shape == x.shape and scale.shape == (*x.shape[:-1], 1)
+    torch.testing.assert_close(scale.cpu(), rs, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(q.cpu(), rq), f"{(q.cpu() != rq).sum()} int8 values differ from the reference"
+
+
+def assert_is_correct_rounding(x, q, scale, zero_point=None):
+    """float64: |q - zp - x/scale| <= 1/2 (+ the fp32 division's rounding) where not saturated."""
+    x64, s64 = x.cpu().double(), scale.cpu().double()
+    finite = torch.isfinite(s64).expand_as(x64)
+    exact = x64 / s64
+    qz = q.cpu().double() - (0 if zero_point is None else zero_point.cpu().double())
+    qmin = -127 if zero_point is None else -128
+    inside = finite & (q.cpu() > qmin) & (q.cpu() < 127)
+    err = (qz - exact).abs()[inside]
+    assert err.numel() == 0 or err.max().item() <= 0.5 + 1e-4
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", TOKEN_SHAPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_quantize_per_token_matches_reference(impl, dtype, shape, layout):
+    skip_unsupported(impl, dtype)
+    if len(shape) == 1 and layout != "contiguous":
+        pytest.skip("1-D input has no row layout")
+    x = random_rows(shape, dtype, impl.device, seed=hash((shape, layout)) % 2**31, layout=layout)
+    q, scale = impl.quantize_per_token(x)
+    assert_per_token_exact(x, q, scale)
+    assert_is_correct_rounding(x, q, scale)
+    # the scale is amax / 127 to within one fp32 rounding
+    amax = x.cpu().double().abs().amax(dim=-1, keepdim=True)
+    torch.testing.assert_close(scale.cpu().double(), amax / 127, rtol=2**-23, atol=0)
+
+
+def test_quantize_per_token_rounds_half_to_even(impl):
+    # scale = 127 / 127 = 1 exactly, so every quotient is the value itself.
+    row = [127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, -127.0, 3.49, -3.51]
+    want = [127, 0, 2, 2, 0, -2, -2, 126, -126, -127, 3, -4]
+    x = torch.tensor([row, [-v for v in row]], device=impl.device)
+    q, scale = impl.quantize_per_token(x)
+    assert scale.cpu().flatten().tolist() == [1.0, 1.0]
+    assert q.cpu()[0].tolist() == want
+    assert q.cpu()[1].tolist() == [-w for w in want]
+
+
+def test_quantize_per_token_zero_rows(impl):
+    x = random_rows((6, 33), torch.float32, impl.device, seed=3)
+    x[1] = 0
+    x[4] = 0
+    q, scale = impl.quantize_per_token(x)
+    assert_per_token_exact(x, q, scale)
+    assert scale.cpu()[[1, 4]].flatten().tolist() == [1.0, 1.0]
+    assert not q.cpu()[[1, 4]].any()
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_quantize_per_token_nonfinite_rows(impl, bad, dtype):
+    """Defined behaviour: a row with inf/NaN gets scale +inf and q 0; other rows are untouched."""
+    x = random_rows((4, 37), dtype, impl.device, seed=5)
+    x[2, 7] = bad
+    q, scale = impl.quantize_per_token(x)
+    assert_per_token_exact(x, q, scale)
+    assert scale.cpu()[2].item() == float("inf")
+    assert not q.cpu()[2].any()
+    assert torch.isfinite(scale.cpu()[[0, 1, 3]]).all()
+    # ... so dequantizing that row gives NaN, never finite garbage
+    d = impl.dequantize(q, scale, None, torch.float32).cpu()
+    assert d[2].isnan().all() and torch.isfinite(d[[0, 1, 3]]).all()
+
+
+def test_quantize_per_token_empty(impl):
+    q, scale = impl.quantize_per_token(torch.randn(0, 8, device=impl.device))
+    assert q.shape == (0, 8) and scale.shape == (0, 1)
+
+
+CHANNEL_SHAPES = [(5,), (7, 17), (17, 5), (3, 5, 123), (2, 3, 4, 5), (1, 769)]
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", CHANNEL_SHAPES)
+def test_quantize_per_channel_matches_reference(impl, shape, dtype, symmetric):
+    skip_unsupported(impl, dtype)
+    x = random_rows(shape, dtype, impl.device, seed=len(shape) * 7 + shape[-1])
+    if not symmetric:
+        x = x + x.abs().amax() * 0.3  # an offset, so the zero point matters
+    for axis in range(-x.dim(), x.dim()):
+        q, scale, zp = impl.quantize_per_channel(x, axis, symmetric)
+        rq, rs, rz = ref.quantize_per_channel(x.cpu(), axis, symmetric)
+        want_shape = [x.shape[d] if d == axis % x.dim() else 1 for d in range(x.dim())]
+        assert list(scale.shape) == want_shape and list(zp.shape) == want_shape
+        assert zp.dtype == torch.int32 and q.dtype == torch.int8
+        torch.testing.assert_close(scale.cpu(), rs, rtol=0, atol=0)
+        assert torch.equal(zp.cpu(), rz), f"axis {axis}: zero points differ"
+        assert torch.equal(q.cpu(), rq), f"axis {axis}: {(q.cpu() != rq).sum()} int8 values differ"
+        assert_is_correct_rounding(x, q, scale, None if symmetric else zp)
+        if symmetric:
+            assert not zp.cpu().any()
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_quantize_per_channel_strided_zero_and_nonfinite(impl, symmetric):
+    x = random_rows((9, 31), torch.float32, impl.device, seed=11, layout="transposed")
+    x[:, 2] = 0  # an all-zero channel along axis 1
+    x[4, 5] = float("nan")
+    x[7, 6] = float("inf")
+    for axis in (0, 1):
+        q, scale, zp = impl.quantize_per_channel(x, axis, symmetric)
+        rq, rs, rz = ref.quantize_per_channel(x.cpu(), axis, symmetric)
+        torch.testing.assert_close(scale.cpu(), rs, rtol=0, atol=0)
+        assert torch.equal(zp.cpu(), rz) and torch.equal(q.cpu(), rq)
+    _, scale, zp = impl.quantize_per_channel(x, 1, symmetric)
+    assert scale.cpu()[0, 2].item() == 1.0
+    assert scale.cpu()[0, 5].item() == float("inf") and scale.cpu()[0, 6].item() == float("inf")
+    assert zp.cpu()[0, 5].item() == 0
+
+
+def test_quantize_per_channel_asymmetric_uses_full_range(impl):
+    x = torch.linspace(-1.0, 3.0, 256, device=impl.device).reshape(1, 256)
+    q, scale, zp = impl.quantize_per_channel(x, 0, symmetric=False)
+    assert q.min().item() == -128 and q.max().item() == 127
+    d = impl.dequantize(q, scale, zp, torch.float32)
+    assert (d - x).abs().max().item() <= scale.item() / 2 * (1 + 1e-5)
+
+
+def _dequant_cases(device):
+    g = torch.Generator().manual_seed(17)
+    q = torch.randint(-128, 128, (3, 5, 123), generator=g, dtype=torch.int8)
+    shapes = {"per-tensor": (1, 1, 1), "per-token": (3, 5, 1), "per-channel-0": (3, 1, 1),
+              "per-channel-1": (1, 5, 1), "per-channel-2": (1, 1, 123), "leading-run": (3, 5, 1)}
+    for name, shape in shapes.items():
+        scale = torch.rand(shape, generator=g) * 0.1 + 1e-3
+        zp = torch.randint(-128, 128, shape, generator=g, dtype=torch.int32)
+        yield name, q.to(device), scale.to(device), zp.to(device)
+
+
+@pytest.mark.parametrize("out_dtype", DTYPES)
+@pytest.mark.parametrize("with_zero_point", [False, True])
+def test_dequantize_matches_reference(impl, out_dtype, with_zero_point):
+    skip_unsupported(impl, out_dtype)
+    for name, q, scale, zp in _dequant_cases(impl.device):
+        zp = zp if with_zero_point else None
+        out = impl.dequantize(q, scale, zp, out_dtype)
+        want = ref.dequantize(q.cpu(), scale.cpu(), None if zp is None else zp.cpu(), out_dtype)
+        assert out.dtype == out_dtype and out.shape == q.shape
+        torch.testing.assert_close(out.cpu(), want, rtol=0, atol=0, msg=name)
+        # float64: one rounding to out_dtype away from the exact product
+        exact = (q.cpu().double() - (0 if zp is None else zp.cpu().double())) * scale.cpu().double()
+        torch.testing.assert_close(out.cpu().double(), exact, rtol=torch.finfo(out_dtype).eps, atol=0, msg=name)
+
+
+def test_dequantize_strided_q(impl):
+    q = torch.randint(-128, 128, (40, 18), dtype=torch.int8).to(impl.device)[:, ::2].t()  # [9, 40], strided
+    scale = (torch.rand(9, 1) + 0.5).to(impl.device)
+    out = impl.dequantize(q, scale, None, torch.float32)
+    assert torch.equal(out.cpu(), ref.dequantize(q.cpu(), scale.cpu()))
+
+
+def test_round_trip_error_is_bounded(impl):
+    x = random_rows((13, 257), torch.float32, impl.device, seed=23)
+    q, scale = impl.quantize_per_token(x)
+    back = impl.dequantize(q, scale, None, torch.float32)
+    assert ((back - x).abs() <= scale / 2 * (1 + 1e-5)).all()

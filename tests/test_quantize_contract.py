@@ -1,0 +1,178 @@
+"""The op contract of the quantize family: opcheck, torch.compile, CUDA graphs and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import slimops
+from slimops import reference as ref
+from slimops.ops import quantize as qops
+from tests.quantize_backends import IMPLS, _interp, get_impl, random_rows
+
+OPS = torch.ops.slimops
+
+
+def _sample_args(device):
+    x = random_rows((5, 123), torch.float32, device, seed=1)
+    q, s = ref.quantize_per_token(x.cpu())
+    qc, sc, zc = ref.quantize_per_channel(x.cpu(), 1, False)
+    return [
+        (OPS.quantize_per_token.default, (x,)),
+        (OPS.quantize_per_token.default, (random_rows((2, 3, 17), torch.float16, device, seed=2),)),
+        (OPS.quantize_per_channel.default, (x, 0, True)),
+        (OPS.quantize_per_channel.default, (x, -1, False)),
+        (OPS.dequantize.default, (q.to(device), s.to(device), None, torch.float16)),
+        (OPS.dequantize.default, (qc.to(device), sc.to(device), zc.to(device), torch.float32)),
+    ]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_opcheck(device):
+    backends = [None] if device == "cpu" else list(slimops.backend.built_gpu_backends())
+    for backend in backends:
+        with slimops.use_backend(backend):
+            for op, args in _sample_args(device):
+                torch.library.opcheck(op, args)
+
+
+# Under the interpreter the Triton launchers run on CPU tensors, but the CPU
+# dispatch key belongs to the C++ kernels. Wrapping the launchers in test-only
+# custom ops with the *same* fakes checks launcher + fake consistency.
+if _interp:
+    from slimops.kernels import quantize as tk
+
+    @torch.library.custom_op("slimops_test::triton_quantize_per_token", mutates_args=())
+    def _t_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return tk.quantize_per_token(x)
+
+    @torch.library.custom_op("slimops_test::triton_quantize_per_channel", mutates_args=())
+    def _t_per_channel(x: torch.Tensor, axis: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tk.quantize_per_channel(x, axis, symmetric)
+
+    @torch.library.custom_op("slimops_test::triton_dequantize", mutates_args=())
+    def _t_dequantize(
+        q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, out_dtype: torch.dtype
+    ) -> torch.Tensor:
+        return tk.dequantize(q, scale, zero_point, out_dtype)
+
+    _t_per_token.register_fake(qops._quantize_per_token_fake)
+    _t_per_channel.register_fake(qops._quantize_per_channel_fake)
+    _t_dequantize.register_fake(qops._dequantize_fake)
+
+
+@pytest.mark.skipif(not _interp, reason="needs triton and TRITON_INTERPRET=1")
+def test_opcheck_triton_launchers_under_interpreter():
+    triton_ops = {
+        OPS.quantize_per_token.default: torch.ops.slimops_test.triton_quantize_per_token.default,
+        OPS.quantize_per_channel.default: torch.ops.slimops_test.triton_quantize_per_channel.default,
+        OPS.dequantize.default: torch.ops.slimops_test.triton_dequantize.default,
+    }
+    for op, args in _sample_args("cpu"):
+        torch.library.opcheck(triton_ops[op], args)
+
+
+def _pipeline(x):
+    q, s = slimops.ops.quantize_per_token(x)
+    qw, sw, zw = slimops.ops.quantize_per_channel(x, 0, symmetric=False)
+    return slimops.ops.dequantize(q, s, None, torch.float32) + slimops.ops.dequantize(qw, sw, zw, torch.float32)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_torch_compile_fullgraph(device):
+    torch._dynamo.reset()
+    compiled = torch.compile(_pipeline, fullgraph=True)
+    for shape in [(5, 123), (17, 64), (3, 769)]:  # several shapes: recompiles or dynamic, both must work
+        x = random_rows(shape, torch.float32, device, seed=shape[0])
+        torch.testing.assert_close(compiled(x), _pipeline(x), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_cuda_graph_capture_and_replay(backend):
+    if backend not in slimops.backend.built_gpu_backends():
+        pytest.skip(f"{backend} backend not built")
+    x = random_rows((64, 4096), torch.bfloat16, "cuda", seed=4)
+    with slimops.use_backend(backend):
+        _pipeline(x)  # warm up (Triton compiles here, outside capture)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = _pipeline(x)
+    x.copy_(random_rows((64, 4096), torch.bfloat16, "cuda", seed=5))
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, _pipeline(x), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------- bad input
+
+def _bad_inputs(device):
+    x = torch.randn(4, 8, device=device)
+    q, s = torch.randint(-128, 128, (4, 8), dtype=torch.int8, device=device), torch.rand(4, 1, device=device)
+    qpt, qpc, deq = "quantize_per_token", "quantize_per_channel", "dequantize"
+    return [
+        (qpt, (x.to(torch.int32),), "x must be float32, float16 or bfloat16, got torch.int32|x must be float32.*Int"),
+        (qpt, (x.double(),), "x must be float32, float16 or bfloat16"),
+        (qpt, (torch.tensor(1.0, device=device),), "x must have at least 1 dimension"),
+        (qpt, (torch.randn(3, 0, device=device),), "x must have a non-empty last dimension"),
+        (qpc, (x, 2, True), r"axis must be in \[-2, 2\)"),
+        (qpc, (x, -3, False), r"axis must be in \[-2, 2\)"),
+        (qpc, (torch.randn(3, 0, device=device), 0, True), "x must have at least one element per channel"),
+        (qpc, (x.half().to(torch.int8), 0, True), "x must be float32, float16 or bfloat16"),
+        (deq, (q.float(), s, None, torch.float32), "q must be"),
+        (deq, (q, s.half(), None, torch.float32), "scale must be"),
+        (deq, (q, s, None, torch.int32), "out_dtype must be float32, float16 or bfloat16"),
+        (deq, (q, s.flatten(), None, torch.float32), "scale must have the rank of q"),
+        (deq, (q, torch.rand(4, 3, device=device), None, torch.float32), "scale must have size 1 or 8 in dim 1"),
+        (deq, (q.reshape(2, 2, 8), torch.rand(2, 1, 8, device=device), None, torch.float32),
+         "scale must vary along one contiguous run of dims"),
+        (deq, (q, s, torch.zeros(4, 1, dtype=torch.int64, device=device), torch.float32), "zero_point must be"),
+        (deq, (q, s, torch.zeros(1, 4, dtype=torch.int32, device=device), torch.float32),
+         "zero_point must have the shape of scale"),
+    ]
+
+
+def _call(impl, name, args):
+    return getattr(impl, name)(*args)
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request):
+    return get_impl(request.param)
+
+
+def test_bad_input_gets_a_clear_error(impl):
+    for name, args, pattern in _bad_inputs(impl.device):
+        with pytest.raises((RuntimeError, ValueError), match=pattern):
+            _call(impl, name, args)
+        # ... named after the op, so the user knows which call failed
+        with pytest.raises((RuntimeError, ValueError), match=f"slimops.{name}"):
+            _call(impl, name, args)
+
+
+def test_bad_input_under_fake_tensors():
+    """torch.compile sees the same errors: the fakes run the same checks."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    cpu = get_impl("cpu")
+    for name, args, pattern in _bad_inputs("cpu"):
+        with FakeTensorMode() as mode:
+            fargs = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
+            with pytest.raises((RuntimeError, ValueError), match=pattern):
+                _call(cpu, name, fargs)
+
+
+def test_sparse_input_is_rejected():
+    # The dispatcher refuses layouts no kernel is registered for, naming the op.
+    x = torch.randn(4, 8).to_sparse()
+    with pytest.raises(NotImplementedError, match="slimops::quantize_per_token.*SparseCPU"):
+        slimops.ops.quantize_per_token(x)
+
+
+@pytest.mark.gpu
+def test_mixed_devices_are_rejected():
+    q = torch.randint(-128, 128, (4, 8), dtype=torch.int8, device="cuda")
+    for backend in slimops.backend.built_gpu_backends():
+        with slimops.use_backend(backend), pytest.raises(RuntimeError, match="q and scale must be on the same device"):
+            slimops.ops.dequantize(q, torch.rand(4, 1), None, torch.float32)
