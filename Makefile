@@ -1,0 +1,37 @@
+# The two commands a user types on a fresh machine (see README):
+#   make demo   set up, build, then run the main job
+#   make test   set up, build, then run the test suite
+# Set-up is idempotent: a venv in .venv (with --system-site-packages so a GPU
+# machine's preinstalled CUDA torch and triton are used as they are), torch
+# 2.13 CPU only where no torch is importable, the build deps, and a
+# --no-build-isolation build (an isolated build would pull a multi-GB CUDA torch).
+
+PYTHON ?= python3
+VENV   ?= .venv
+VPY    := $(VENV)/bin/python
+PIP    := $(VPY) -m pip --disable-pip-version-check -q
+
+.PHONY: demo test setup install cuda-check clean
+
+demo: install
+	$(VENV)/bin/slimops info
+	$(VENV)/bin/slimops bench --quick
+
+test: install
+	$(VPY) -m pytest -q
+
+setup:
+	@test -x $(VPY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	@$(VPY) -c "import torch" 2>/dev/null || $(PIP) install "torch==2.13.0"
+	@$(PIP) install "triton>=3.2" "scikit-build-core>=0.10" ninja "rich>=13" numpy "pytest>=8" expecttest
+
+install: setup
+	$(PIP) install --no-build-isolation --no-deps .
+
+# Compiles every csrc/cuda/*.cu to objects for sm_80 and sm_90a; needs nvcc, not a GPU.
+cuda-check: setup
+	cmake -S . -B build/cuda-check -DPython3_EXECUTABLE=$(abspath $(VPY))
+	cmake --build build/cuda-check --target cuda_compile_check -j 2
+
+clean:
+	rm -rf build dist
