@@ -29,12 +29,16 @@ Bit-exactness on GPU rests on three choices:
 
 * Division is ``tl.math.div_rn`` (``div.rn.f32``): Triton's ``/`` on fp32 is
   the approximate ``div.full.f32`` and would move values across rounding ties.
-* Round half to even is the magic-number trick ``(v + 1.5 * 2**23) - 1.5 * 2**23``,
-  exact for |v| < 2**22. It is applied after clamping v to the (integer) output
-  range, which commutes with rounding, so v is always small. libdevice ``rint``
-  would do the same on GPU but has no implementation under ``TRITON_INTERPRET=1``.
+* Round half to even is the magic-number trick: for |v| < 2**22 the fp32 sum
+  ``v + 1.5 * 2**23`` rounds v half to even and holds the integer in its low
+  mantissa bits, read back with a bitcast. It is applied after clamping v to the
+  (integer) output range, which commutes with rounding, so v is always small.
+  libdevice ``rint`` would round the same on GPU but has no implementation under
+  ``TRITON_INTERPRET=1``.
 * ``tl.max`` may drop NaN, so reductions see ``|x|`` with NaN mapped to +inf:
-  a group is non-finite exactly when that maximum is +inf.
+  a group is non-finite exactly when that maximum is +inf. Outside such groups
+  ``x / scale`` is always finite, so the reference's "non-finite -> 0" is a
+  select on the group's flag.
 
 References: the Triton tutorial ``03-matrix-multiplication.py`` and Liger-Kernel
 ``ops/rms_norm.py`` for the kernel/launcher layout; PyTorch's
@@ -71,6 +75,14 @@ _TWO_PASS_BLOCK_K = 8192
 
 
 @triton.jit
+def _div_rn(x, y):
+    """x / y correctly rounded (div.rn.f32), for fp32 tensors that broadcast together."""
+    # NOTE: broadcast by hand: some Triton releases' div_rn does not broadcast its operands.
+    x, y = tl.broadcast(x, y)
+    return tl.math.div_rn(x, y)
+
+
+@triton.jit
 def _abs_nan_as_inf(x):
     # |x| with NaN -> +inf, so a max-reduction cannot drop a NaN (tl.max may).
     a = tl.abs(x)
@@ -78,13 +90,22 @@ def _abs_nan_as_inf(x):
 
 
 @triton.jit
-def _rne_clamped(v, lo, hi):
-    """rne(v) clamped to [lo, hi] (integers), with non-finite v -> 0 first."""
-    v = tl.where(tl.abs(v) < float("inf"), v, 0.0)
+def _rne_clamped_int(v, lo, hi):
+    """rne(clamp(v, lo, hi)) as int32, for non-NaN v and integer bounds below 2**22."""
     v = tl.minimum(tl.maximum(v, lo), hi)
-    # NOTE: |v| <= 255 here, so adding 1.5 * 2**23 leaves no fraction bits and the
-    # fp32 add rounds half to even; subtracting it back is exact.
-    return (v + 12582912.0) - 12582912.0
+    # NOTE: |v| <= 255, so 1.5 * 2**23 + v keeps no fraction bits: the fp32 add rounds
+    # half to even and leaves the integer in the low mantissa bits (0x4B400000 is the
+    # bit pattern of 1.5 * 2**23). A bitcast and an integer subtract replace cvt.
+    return (v + 12582912.0).to(tl.int32, bitcast=True) - 0x4B400000
+
+
+@triton.jit
+def _quantize_symmetric(x, scale, bad):
+    """clamp(rne(x / scale), -127, 127) as int32; 0 in bad groups (scale = inf there)."""
+    # Outside bad groups x / scale is always finite (|x| <= amax), so selecting 0 for
+    # bad groups is the reference's "non-finite -> 0" at one select per element.
+    v = tl.where(bad, 0.0, _div_rn(x, scale))
+    return _rne_clamped_int(v, -127.0, 127.0)
 
 
 @triton.jit
@@ -124,8 +145,9 @@ def _quantize_per_token_kernel(
         mask = row_mask[:, None] & (cols[None, :] < n_cols)
         x = tl.load(x_rows + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         amax = tl.max(_abs_nan_as_inf(x), axis=1)
-        scale = _guard_scale(tl.math.div_rn(amax, 127.0), amax == float("inf"))
-        q = _rne_clamped(tl.math.div_rn(x, scale[:, None]), -127.0, 127.0)
+        bad = amax == float("inf")
+        scale = _guard_scale(_div_rn(amax, tl.full(amax.shape, 127.0, tl.float32)), bad)
+        q = _quantize_symmetric(x, scale[:, None], bad[:, None])
         tl.store(q_rows + cols[None, :], q.to(tl.int8), mask=mask)
     else:
         amax = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -133,11 +155,12 @@ def _quantize_per_token_kernel(
             mask = row_mask[:, None] & ((k + cols)[None, :] < n_cols)
             x = tl.load(x_rows + (k + cols)[None, :], mask=mask, other=0.0).to(tl.float32)
             amax = tl.maximum(amax, tl.max(_abs_nan_as_inf(x), axis=1))
-        scale = _guard_scale(tl.math.div_rn(amax, 127.0), amax == float("inf"))
+        bad = amax == float("inf")
+        scale = _guard_scale(_div_rn(amax, tl.full(amax.shape, 127.0, tl.float32)), bad)
         for k in range(0, n_cols, BLOCK_K):
             mask = row_mask[:, None] & ((k + cols)[None, :] < n_cols)
             x = tl.load(x_rows + (k + cols)[None, :], mask=mask, other=0.0).to(tl.float32)
-            q = _rne_clamped(tl.math.div_rn(x, scale[:, None]), -127.0, 127.0)
+            q = _quantize_symmetric(x, scale[:, None], bad[:, None])
             tl.store(q_rows + (k + cols)[None, :], q.to(tl.int8), mask=mask)
 
     tl.store(scale_ptr + rows, scale, mask=row_mask)
@@ -189,23 +212,24 @@ def _quantize_per_channel_kernel(
 
     bad = amax == float("inf")
     if SYMMETRIC:
-        scale = _guard_scale(tl.math.div_rn(amax, 127.0), bad)
-        zp = tl.zeros([BLOCK_C], dtype=tl.float32)
-        qmin = -127.0
+        scale = _guard_scale(_div_rn(amax, tl.full(amax.shape, 127.0, tl.float32)), bad)
+        zp = tl.zeros([BLOCK_C], dtype=tl.int32)
     else:
-        scale = tl.math.div_rn(hi - lo, 255.0)
+        scale = _div_rn(hi - lo, tl.full(hi.shape, 255.0, tl.float32))
         safe = tl.where(scale == 0.0, 1.0, scale)
-        # -128 - rne(lo / safe), clamped to [-128, 127]  <=>  rne(lo / safe) clamped to [-255, 0].
-        zp = -128.0 - _rne_clamped(tl.math.div_rn(lo, safe), -255.0, 0.0)
-        zp = tl.where(bad, 0.0, zp)
+        # -128 - rne(lo / safe) clamped to [-128, 127] is -128 - (rne(lo / safe) clamped to
+        # [-255, 0]). lo / safe is finite unless the channel is bad, and then zp is 0 anyway.
+        w = tl.where(bad, 0.0, _div_rn(lo, safe))
+        zp = tl.where(bad, 0, -128 - _rne_clamped_int(w, -255.0, 0.0))
         scale = _guard_scale(safe, bad)
-        qmin = -128.0
     tl.store(scale_ptr + ch, scale, mask=ch_mask)
-    tl.store(zp_ptr + ch, zp.to(tl.int32), mask=ch_mask)
+    tl.store(zp_ptr + ch, zp, mask=ch_mask)
 
-    # Pass 2: q = clamp(rne(x / scale) + zp, qmin, 127) = rne(clamp(x / scale, qmin - zp, 127 - zp)) + zp.
+    # Pass 2: clamp(rne(x / scale) + zp, qmin, 127) = rne(clamp(x / scale, qmin - zp, 127 - zp)) + zp.
     scale3 = scale[None, :, None]
+    bad3 = bad[None, :, None]
     zp3 = zp[None, :, None]
+    zpf3 = zp3.to(tl.float32)
     for o0 in range(0, n_outer, BLOCK_O):
         o = o0 + offs_o
         for i0 in range(0, n_inner, BLOCK_I):
@@ -213,7 +237,11 @@ def _quantize_per_channel_kernel(
             mask = (o < n_outer)[:, None, None] & ch_mask[None, :, None] & (i < n_inner)[None, None, :]
             offs = (o * stride_outer)[:, None, None] + ch_base + i[None, None, :]
             x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            q = _rne_clamped(tl.math.div_rn(x, scale3), qmin - zp3, 127.0 - zp3) + zp3
+            if SYMMETRIC:
+                q = _quantize_symmetric(x, scale3, bad3)
+            else:
+                v = tl.where(bad3, 0.0, _div_rn(x, scale3))
+                q = _rne_clamped_int(v, -128.0 - zpf3, 127.0 - zpf3) + zp3
             tl.store(q_ptr + offs, q.to(tl.int8), mask=mask)
 
 

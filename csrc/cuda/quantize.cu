@@ -36,6 +36,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "quantize.h"
@@ -43,9 +44,9 @@
 namespace slimops {
 namespace {
 
-// Adding 1.5 * 2^23 to a float v with |v| < 2^22 rounds v to an integer, half
-// to even, and leaves that integer in the low mantissa bits (two's complement
-// modulo 2^22): the low byte of the sum's bits is the int8.
+// Adding 1.5 * 2^23 to a float v with |v| < 2^22 rounds v to an integer n, half
+// to even, and leaves 2^22 + n in the mantissa field: the low byte of the sum's
+// bits is n as an int8 (mod 256).
 constexpr float kRoundMagic = 12582912.0f;
 constexpr int kThreads = 256;
 
@@ -96,6 +97,33 @@ struct alignas(sizeof(B) * N) Chunk {
 template <typename B, int N>
 __device__ __forceinline__ Chunk<B, N> load_chunk(const B* p) {
   return *reinterpret_cast<const Chunk<B, N>*>(p);
+}
+
+// The N elements of a chunk as fp32. 16-bit pairs are split as 32-bit words
+// (bf16: one shift or mask per element).
+template <typename T, int N>
+__device__ __forceinline__ void to_floats(const Chunk<typename Elem<T>::Bits, N>& c, float (&f)[N]) {
+  if constexpr (std::is_same_v<T, at::BFloat16> && N % 2 == 0) {
+#pragma unroll
+    for (int k = 0; k < N / 2; ++k) {
+      uint32_t w;
+      memcpy(&w, &c.v[2 * k], sizeof(w));
+      f[2 * k] = __uint_as_float(w << 16);
+      f[2 * k + 1] = __uint_as_float(w & 0xffff0000u);
+    }
+  } else if constexpr (std::is_same_v<T, at::Half> && N % 2 == 0) {
+#pragma unroll
+    for (int k = 0; k < N / 2; ++k) {
+      __half2 h;
+      memcpy(&h, &c.v[2 * k], sizeof(h));
+      const float2 v = __half22float2(h);
+      f[2 * k] = v.x;
+      f[2 * k + 1] = v.y;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < N; ++k) f[k] = Elem<T>::to_float(c.v[k]);
+  }
 }
 
 // N fp32 / int32 values (scales, zero points) at p; float4 / int4 loads when N % 4 == 0
@@ -285,10 +313,39 @@ __device__ __forceinline__ Params group_params(const Stats<SYM>& st) {
   return p;
 }
 
+// x / b correctly rounded, for one b and many x. nvcc (sm_80, sm_90) expands
+// div.rn.f32 into a reciprocal (MUFU.RCP + one Newton step), q = x * r, one FMA
+// correction, and FCHK, which sends operands of extreme exponent to a slow
+// path. For b in [2^-60, 2^60] and the x that matter here (|x| / b >= 1/4, else
+// q rounds to 0 either way; and |x| / b <= ~255) neither operand, the quotient
+// nor the residual is near the ends of the exponent range, so the fast path
+// alone is the IEEE quotient. Hoisting the reciprocal out of the row leaves 3
+// instructions per x instead of ~12 and a branch.
+struct FastDiv {
+  float b, r;
+
+  static __device__ __forceinline__ bool applies(float b) { return b >= 0x1p-60f && b <= 0x1p60f; }
+  explicit __device__ __forceinline__ FastDiv(float divisor) : b(divisor) {
+    float r0;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r0) : "f"(divisor));
+    r = __fmaf_rn(r0, __fmaf_rn(-divisor, r0, 1.0f), r0);
+  }
+  __device__ __forceinline__ float operator()(float x) const {
+    const float q = __fmul_rn(x, r);
+    return __fmaf_rn(r, __fmaf_rn(-b, q, x), q);
+  }
+};
+
+struct ExactDiv {
+  float b;
+  __device__ __forceinline__ float operator()(float x) const { return x / b; }
+};
+
 // q = clamp(rne(x / scale) + zp, qmin, 127), returned in the low byte. Clamping
 // before rounding is the same thing because the bounds are integers.
-__device__ __forceinline__ uint32_t quantize_value(float x, const Params& p) {
-  float v = x / p.scale;
+template <typename Div>
+__device__ __forceinline__ uint32_t quantize_value(float x, const Div& div, const Params& p) {
+  float v = div(x);
   v = fminf(fmaxf(v, p.lo), p.hi);
   return __float_as_uint(v + kRoundMagic) + static_cast<uint32_t>(p.zero_point);
 }
@@ -321,6 +378,7 @@ __global__ void __launch_bounds__(1024)
                          int64_t rows, int64_t K, int group) {
   using E = Elem<T>;
   using Bits = typename E::Bits;
+  using In = Chunk<Bits, VW>;
   __shared__ Stats<SYM> smem[32];
 
   const int64_t nchunks = K / VW;  // VW divides K whenever VW > 1
@@ -334,26 +392,33 @@ __global__ void __launch_bounds__(1024)
     const Bits* xr = x + (active ? row : 0) * x_row_stride;
     int8_t* qr = q + (active ? row : 0) * K;
 
+    // Pass 1: statistics. All loads of the cached chunks are issued before any is used.
     Stats<SYM> st;
     st.init();
-    Chunk<Bits, VW> cache[NV > 0 ? NV : 1];
+    In cache[NV > 0 ? NV : 1];
     if (active) {
       if constexpr (NV > 0) {
 #pragma unroll
         for (int k = 0; k < NV; ++k) {
           const int64_t c = int64_t(k) * group + lane;
-          if (c < nchunks) {
-            cache[k] = load_chunk<Bits, VW>(xr + c * VW);
+          if (c < nchunks) cache[k] = load_chunk<Bits, VW>(xr + c * VW);
+        }
 #pragma unroll
-            for (int e = 0; e < VW; ++e) st.add(E::to_float(cache[k].v[e]));
+        for (int k = 0; k < NV; ++k) {
+          if (int64_t(k) * group + lane < nchunks) {
+            float f[VW];
+            to_floats<T, VW>(cache[k], f);
+#pragma unroll
+            for (int e = 0; e < VW; ++e) st.add(f[e]);
           }
         }
       } else {
 #pragma unroll 4
         for (int64_t c = lane; c < nchunks; c += group) {
-          const Chunk<Bits, VW> ch = load_chunk<Bits, VW>(xr + c * VW);
+          float f[VW];
+          to_floats<T, VW>(load_chunk<Bits, VW>(xr + c * VW), f);
 #pragma unroll
-          for (int e = 0; e < VW; ++e) st.add(E::to_float(ch.v[e]));
+          for (int e = 0; e < VW; ++e) st.add(f[e]);
         }
       }
     }
@@ -366,26 +431,37 @@ __global__ void __launch_bounds__(1024)
       if (zero_point != nullptr) zero_point[row] = p.zero_point;
     }
 
-    if constexpr (NV > 0) {
+    // Pass 2: quantize and store.
+    auto quantize_row = [&](const auto& div) {
+      if constexpr (NV > 0) {
 #pragma unroll
-      for (int k = 0; k < NV; ++k) {
-        const int64_t c = int64_t(k) * group + lane;
-        if (c < nchunks) {
+        for (int k = 0; k < NV; ++k) {
+          const int64_t c = int64_t(k) * group + lane;
+          if (c < nchunks) {
+            float f[VW];
+            to_floats<T, VW>(cache[k], f);
+            uint32_t b[VW];
+#pragma unroll
+            for (int e = 0; e < VW; ++e) b[e] = quantize_value(f[e], div, p);
+            store_q<VW>(qr + c * VW, b);
+          }
+        }
+      } else {
+#pragma unroll 2
+        for (int64_t c = lane; c < nchunks; c += group) {
+          float f[VW];
+          to_floats<T, VW>(load_chunk<Bits, VW>(xr + c * VW), f);
           uint32_t b[VW];
 #pragma unroll
-          for (int e = 0; e < VW; ++e) b[e] = quantize_value(E::to_float(cache[k].v[e]), p);
+          for (int e = 0; e < VW; ++e) b[e] = quantize_value(f[e], div, p);
           store_q<VW>(qr + c * VW, b);
         }
       }
+    };
+    if (FastDiv::applies(p.scale)) {
+      quantize_row(FastDiv(p.scale));
     } else {
-#pragma unroll 2
-      for (int64_t c = lane; c < nchunks; c += group) {
-        const Chunk<Bits, VW> ch = load_chunk<Bits, VW>(xr + c * VW);
-        uint32_t b[VW];
-#pragma unroll
-        for (int e = 0; e < VW; ++e) b[e] = quantize_value(E::to_float(ch.v[e]), p);
-        store_q<VW>(qr + c * VW, b);
-      }
+      quantize_row(ExactDiv{p.scale});
     }
   }
 }
@@ -548,9 +624,11 @@ __global__ void __launch_bounds__(kThreads)
         z[e] = z0;
       }
     }
+    float f[VW];
+    to_floats<T, VW>(ch, f);
     uint32_t b[VW];
 #pragma unroll
-    for (int e = 0; e < VW; ++e) b[e] = quantize_value<SYM>(E::to_float(ch.v[e]), s[e], z[e]);
+    for (int e = 0; e < VW; ++e) b[e] = quantize_value<SYM>(f[e], s[e], z[e]);
     store_q<VW>(q + cur.v * VW, b);
   }
 }
@@ -614,9 +692,10 @@ bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-int next_pow2(int64_t n) {
+// Smallest power of two >= n, at most `cap` (a power of two).
+int next_pow2(int64_t n, int cap) {
   int p = 1;
-  while (p < n) p <<= 1;
+  while (p < n && p < cap) p <<= 1;
   return p;
 }
 
@@ -652,14 +731,13 @@ void launch_quantize_rows(const at::Tensor& x, int64_t x_row_stride, at::Tensor&
   if (vec) {
     constexpr int kCached = 4;  // chunks per thread kept in registers
     const int64_t nchunks = K / kVec;
-    const int group = std::max(32, next_pow2(ceil_div(nchunks, kCached)));
-    if (group <= 1024) {
-      launch(quantize_rows_kernel<T, kVec, kCached, SYM>, group);
+    if (nchunks <= int64_t(1024) * kCached) {
+      launch(quantize_rows_kernel<T, kVec, kCached, SYM>, std::max(32, next_pow2(ceil_div(nchunks, kCached), 1024)));
     } else {
       launch(quantize_rows_kernel<T, kVec, 0, SYM>, 1024);
     }
   } else {
-    const int group = std::min(1024, std::max(32, next_pow2(ceil_div(K, 8))));
+    const int group = std::max(32, next_pow2(ceil_div(K, 8), 1024));
     launch(quantize_rows_kernel<T, 1, 0, SYM>, group);
   }
 }

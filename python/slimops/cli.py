@@ -2,14 +2,15 @@
 
 Each subcommand is an ``_add_<name>(subparsers)`` function that registers its
 arguments and sets ``func``; a new subcommand adds one such function to
-``_SUBCOMMANDS``. Heavy imports stay inside the handlers so ``slimops --help``
-is quick.
+``_SUBCOMMANDS``. Each handler imports what it needs, so a subcommand whose
+dependencies are broken cannot take the others down with it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -64,6 +65,18 @@ def _bench(args: argparse.Namespace) -> int:
             err.print(f"slimops bench: unknown provider(s) {bad}; choose from {sorted(known)}")
             return 2
 
+    if args.threads:
+        # NOTE: on a busy 2-core machine, 2 OpenMP threads wait on each other at
+        # every parallel region (ms-scale stalls); --threads 1 gives steadier numbers.
+        torch.set_num_threads(args.threads)
+    if device == "cpu" and torch.get_num_threads() > 1 and hasattr(os, "getloadavg"):
+        load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
+        if load >= cores - 0.5:
+            err.print(
+                f"[yellow]warning:[/] the CPU is busy (load {load:.1f} on {cores} cores): timings of "
+                f"multi-threaded kernels will be noisy; --threads 1 is steadier"
+            )
+
     rows: list[dict] = []
 
     def save(partial: list[dict]) -> None:
@@ -75,6 +88,8 @@ def _bench(args: argparse.Namespace) -> int:
         suite = suites[name]
         # With --providers and several suites, each suite runs the named ones it has.
         wanted = [p for p in args.providers if p in {q.name for q in suite.providers}] if args.providers else None
+        if wanted == []:
+            continue
         rows += run_suite(suite, device, quick=args.quick, providers=wanted, on_case_done=save)
     save([])
     print_table(rows)
@@ -99,6 +114,7 @@ def _add_bench(sub) -> None:
     p.add_argument(
         "--providers", nargs="+", metavar="NAME", help="only these providers (the baseline is always run)"
     )
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
     p.add_argument("--list", action="store_true", help="list suites and providers, then exit")
     p.set_defaults(func=_bench)
 
@@ -108,7 +124,7 @@ _SUBCOMMANDS = [_add_info, _add_bench]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slimops", description="slimops: compiled kernels for smaller, faster models")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", title="commands", required=True)
     for add in _SUBCOMMANDS:
         add(sub)
     return parser

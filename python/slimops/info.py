@@ -73,11 +73,12 @@ def _cpu_info() -> dict[str, Any]:
 
 
 def _arch_runs_on(arch: str, major: int, minor: int) -> bool:
+    """Whether code built for ``arch`` (``"sm_90a"`` or ``"90a"``) runs on a ``major.minor`` GPU."""
     # We build SASS only (code=sm_XX, no PTX), so: an 'a' target runs on exactly
-    # that chip; a plain target runs on the same major at an equal or newer minor.
-    num = int(arch.rstrip("af"))
-    a_major, a_minor = divmod(num, 10)
-    if arch[-1] in "af":
+    # that chip; a plain (or 'f' family) target on the same major at an equal or newer minor.
+    arch = arch.removeprefix("sm_")
+    a_major, a_minor = divmod(int(arch.rstrip("af")), 10)
+    if arch.endswith("a"):
         return (a_major, a_minor) == (major, minor)
     return a_major == major and a_minor <= minor
 
@@ -165,7 +166,7 @@ def print_info(info: dict[str, Any] | None = None, console=None) -> None:
         if b["available"]:
             detail = {
                 "cpu": "C++ kernels (slimops._C)",
-                "cuda": "CUDA C++ kernels for " + ", ".join(f"sm_{a}" for a in info["build"]["CUDA_ARCHS"]),
+                "cuda": "CUDA C++ kernels for " + ", ".join(info["build"]["CUDA_ARCHS"]),
                 "triton": f"triton {info['versions']['triton']}",
             }[name]
         backends.add_row(name, "[green]yes[/]" if b["available"] else "[red]no[/]", detail)

@@ -272,13 +272,12 @@ def run_suite(
     chosen = select_providers(suite, dev.type, providers)
     # Fixed per run, so computed once: every row repeats them for self-contained JSON lines.
     common = {
-        "suite": suite.name,
+        "baseline": suite.baseline,
         "device": dev.type,
         "device_name": _info.device_name(dev),
-        "versions": {k: v for k, v in _info.versions().items() if k in ("slimops", "torch", "triton", "cuda", "python")},
+        "versions": {k: v for k, v in _info.versions().items() if k != "platform"},
         "timer": "triton.testing.do_bench median" if on_gpu else "slimops.bench.time_cpu median",
         "threads": None if on_gpu else torch.get_num_threads(),
-        "baseline": suite.baseline,
     }
 
     rows: list[dict] = []
@@ -289,7 +288,7 @@ def run_suite(
 
             def row(provider: str, seconds: float | None, status: str = "ok", reason: str | None = None) -> dict:
                 r = {
-                    **common,
+                    "suite": suite.name,
                     "op": case.op,
                     "params": case.params,
                     "provider": provider,
@@ -298,12 +297,13 @@ def run_suite(
                     "status": status,
                     "reason": reason,
                     "median_us": None if seconds is None else seconds * 1e6,
-                    "bytes": case.nbytes,
-                    "flops": case.flops or None,
                     "gbps": case.nbytes / seconds / 1e9 if seconds and case.nbytes else None,
                     "tflops": case.flops / seconds / 1e12 if seconds and case.flops else None,
-                    "speedup_vs_baseline": None,
+                    "speedup_vs_baseline": None,  # filled in once the case's rows are all in
                     "frac_of_copy_bw": None,
+                    "bytes": case.nbytes,
+                    "flops": case.flops or None,
+                    **common,
                     "date": _now(),
                 }
                 case_rows.append(r)
@@ -322,10 +322,13 @@ def run_suite(
                 # Copy the same number of bytes (half read, half written): the
                 # bandwidth any memory-bound op could hope for at this size.
                 bar.start(f"{case.label} {list(case.shape)} {_dtype_name(case.dtype)} · {COPY_PROVIDER}")
-                src = torch.empty(max(1, case.nbytes // 2), dtype=torch.uint8, device=dev)
-                dst = torch.empty_like(src)
-                row(COPY_PROVIDER, time_gpu(lambda: dst.copy_(src), quick))
-                del src, dst
+                try:
+                    src = torch.empty(max(1, case.nbytes // 2), dtype=torch.uint8, device=dev)
+                    dst = torch.empty_like(src)
+                    row(COPY_PROVIDER, time_gpu(lambda: dst.copy_(src), quick))
+                except Exception as e:
+                    row(COPY_PROVIDER, None, "error", f"{type(e).__name__}: {str(e).strip()[:500]}")
+                src = dst = None
 
             for p in chosen:
                 bar.start(f"{case.label} {list(case.shape)} {_dtype_name(case.dtype)} · {p.name}")
@@ -343,7 +346,7 @@ def run_suite(
                     row(p.name, None, "skipped", str(e))
                 except Exception as e:  # a failing provider must not lose the rest of the run
                     row(p.name, None, "error", f"{type(e).__name__}: {str(e).strip()[:500]}")
-            del args
+            fn = args = None  # free the inputs (the last closure holds them too) before the next case
 
             # Ratios between rows measured in this same run.
             base = next((r for r in case_rows if r["provider"] == suite.baseline and r["status"] == "ok"), None)
@@ -404,7 +407,9 @@ def print_table(rows: list[dict], console=None) -> None:
     numeric += ["% copy BW"] if has_copy else []
     for name in numeric:
         t.add_column(name, justify="right")
-    t.add_column("note", overflow="fold")
+    has_note = any(r["status"] != "ok" for r in rows)
+    if has_note:
+        t.add_column("note", overflow="fold")
 
     last_case = None
     for r in rows:
@@ -426,5 +431,5 @@ def print_table(rows: list[dict], console=None) -> None:
         cells.append(_fmt(r["speedup_vs_baseline"], ".2f"))
         if has_copy:
             cells.append(_fmt(r["frac_of_copy_bw"] and 100 * r["frac_of_copy_bw"], ".0f"))
-        t.add_row(*head, provider, *cells, "")
+        t.add_row(*head, provider, *cells, *([""] if has_note else []))
     console.print(t)

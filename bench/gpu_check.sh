@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Everything a lent GPU machine (no network) checks, in one call, in < 8 minutes:
+#   1. build + install slimops with the CUDA kernels for sm_90a only (H100/H200);
+#   2. slimops info;
+#   3. pytest -m gpu (junit xml + log);
+#   4. slimops bench --quick --device cuda (JSON rows; includes quantize_per_token 8192x8192 bf16).
+#
+# Usage, from the repository root:  OUT=/some/folder bash bench/gpu_check.sh
+# Writes into $OUT: gpu_check.log (all output), info.json, pytest-gpu.xml,
+# pytest-gpu.log, bench-quick.json. A failing step does not stop the later ones;
+# the exit status is non-zero if any step failed (or ran out of its time).
+set -u -o pipefail
+
+: "${OUT:?set OUT to the folder for the results}"
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+
+PY=python3
+BUDGET_S=465      # hard stop for the whole script, leaving margin under 8 minutes
+FAILED=()
+
+left() { echo $((BUDGET_S - SECONDS)); }
+
+# step NAME TIMEOUT_S CMD...: run CMD under a timeout, record a failure, never abort.
+step() {
+  local name=$1 limit=$2
+  shift 2
+  if ((limit < 5)); then
+    echo "=== [$name] SKIPPED: no time left"
+    FAILED+=("$name(no time)")
+    return
+  fi
+  echo
+  echo "=== [$name] (limit ${limit}s, ${SECONDS}s elapsed): $*"
+  local t0=$SECONDS rc=0
+  timeout -k 5 "$limit" "$@" || rc=$?
+  if ((rc == 0)); then
+    echo "=== [$name] ok in $((SECONDS - t0))s"
+  else
+    [[ $rc == 124 || $rc == 137 ]] && echo "=== [$name] TIMED OUT after ${limit}s"
+    echo "=== [$name] FAILED (rc=$rc) after $((SECONDS - t0))s"
+    FAILED+=("$name(rc=$rc)")
+  fi
+}
+
+min() { echo $(($1 < $2 ? $1 : $2)); }
+
+main() {
+  echo "gpu_check: $(date -Iseconds) on $(hostname)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
+  # The image's nvcc lives in /usr/local/cuda/bin, which may not be on PATH.
+  if ! command -v nvcc >/dev/null && [[ -x /usr/local/cuda/bin/nvcc ]]; then
+    export PATH=/usr/local/cuda/bin:$PATH
+  fi
+  nvcc --version | tail -n 2 || true
+  $PY -c 'import sys, torch, triton; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "triton", triton.__version__)' || true
+
+  # 1. Build: sm_90a only (one arch keeps the nvcc time down). SLIMOPS_CUDA=ON
+  # fails the build loudly instead of silently producing a CPU-only extension.
+  # Leave ~200 s for the steps after it.
+  export SLIMOPS_CUDA=ON
+  export SKBUILD_CMAKE_DEFINE="SLIMOPS_CUDA=ON;SLIMOPS_CUDA_ARCHS=90a"
+  export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}
+  step build "$(min 240 $(($(left) - 200)))" \
+    $PY -m pip install --no-build-isolation --no-deps --no-cache-dir -v .
+
+  # 2. What got built, and whether the console script was installed.
+  local slimops_cmd=(slimops)
+  if ! command -v slimops >/dev/null; then
+    echo "WARNING: the slimops console script is not on PATH; using python3 -m slimops"
+    slimops_cmd=($PY -m slimops)
+  fi
+  step info 30 "${slimops_cmd[@]}" info
+  "${slimops_cmd[@]}" info --json >"$OUT/info.json" 2>/dev/null || true
+
+  # 3. GPU tests (pyproject's addopts say -m 'not gpu'; a later -m wins).
+  step pytest-gpu "$(min 150 $(($(left) - 110)))" \
+    bash -c "set -o pipefail; $PY -m pytest -m gpu -ra -p no:cacheprovider --junitxml='$OUT/pytest-gpu.xml' tests 2>&1 | tee '$OUT/pytest-gpu.log'"
+
+  # 4. Quick benchmark: whatever time is left. The JSON is rewritten after every
+  # case, so a timeout still leaves the finished rows.
+  step bench-quick "$(($(left) - 3))" \
+    "${slimops_cmd[@]}" bench --quick --device cuda --json "$OUT/bench-quick.json"
+
+  echo
+  if ((${#FAILED[@]})); then
+    echo "gpu_check: FAILED steps: ${FAILED[*]} (${SECONDS}s)"
+    return 1
+  fi
+  echo "gpu_check: all steps passed (${SECONDS}s)"
+}
+
+export PYTHONUNBUFFERED=1
+main 2>&1 | tee "$OUT/gpu_check.log"
+exit "${PIPESTATUS[0]}"
