@@ -1,16 +1,16 @@
 // Every slimops op schema, defined once. Backends add implementations:
-//   csrc/cpu/*.cpp      TORCH_LIBRARY_IMPL(slimops, CPU, m)
-//   CUDA dispatch key   registered from Python (python/slimops/ops/), which picks
-//                       CUDA C++ (exposed below through the module shell) or
-//                       Triton (kernels/) per shape; see python/slimops/backend.py.
-//   fake (meta) impls   python/slimops/ops/, beside the typed wrappers.
+//   csrc/cpu/*.cpp             TORCH_LIBRARY_IMPL(slimops, CPU, m)
+//   csrc/cuda/*_dispatch.cpp   TORCH_LIBRARY_IMPL(slimops, CUDA, m): CUDA C++ or
+//                              Triton (kernels/) per call, see backend.h
+//   fake (meta) impls          python/slimops/ops/, beside the typed wrappers
 //
 // pybind11 (torch's bundled copy, so at::Tensor converts) is only the module
-// shell: build information and the raw CUDA launchers. Ops go through the dispatcher.
+// shell: build information and the backend-choice settings. Ops go through the
+// dispatcher.
 #include <torch/extension.h>
 #include <torch/library.h>
 
-#include "quantize.h"
+#include "backend.h"
 
 TORCH_LIBRARY(slimops, m) {
   // Dynamic symmetric int8, one scale per row. x [..., K] float -> q int8 [..., K], scale fp32 [..., 1].
@@ -48,11 +48,20 @@ PYBIND11_MODULE(_C, m) {
   m.attr("cuda_archs") = cuda_archs();
   m.attr("compiler") = std::string(__VERSION__);
 
-#ifdef SLIMOPS_WITH_CUDA
-  // Raw CUDA launchers. Users reach them through torch.ops.slimops.*; the
-  // Python CUDA-key implementation calls these when it picks the CUDA backend.
-  m.def("quantize_per_token_cuda", &slimops::quantize_per_token_cuda);
-  m.def("quantize_per_channel_cuda", &slimops::quantize_per_channel_cuda);
-  m.def("dequantize_cuda", &slimops::dequantize_cuda);
-#endif
+
+  // Backend choice settings, driven by python/slimops/backend.py. Backends are
+  // ints: -1 unset (use the process default), 0 auto (the rules), 1 cuda, 2 triton.
+  using slimops::GpuBackend;
+  m.def("_set_default_backend", [](int b) { slimops::set_default_backend(static_cast<GpuBackend>(b)); });
+  m.def("_thread_backend", [] { return static_cast<int>(slimops::thread_backend()); });
+  m.def("_set_thread_backend", [](int b) { slimops::set_thread_backend(static_cast<GpuBackend>(b)); });
+  m.def("_set_triton_min_size", [](const std::string& op, int64_t n) { slimops::op_backend(op).triton_min_size = n; });
+  m.def("_set_triton_impl", [](const std::string& op, pybind11::object fn) {
+    PyObject* ref = nullptr;
+    if (!fn.is_none()) ref = fn.inc_ref().ptr();
+    Py_XDECREF(slimops::op_backend(op).triton.exchange(ref));  // the GIL is held here
+  });
+  m.def("_choose", [](const std::string& op, int64_t size, bool have_cuda) {
+    return static_cast<int>(slimops::choose(slimops::op_backend(op), size, have_cuda));
+  });
 }

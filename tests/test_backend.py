@@ -38,6 +38,7 @@ def test_override_is_per_thread():
         t = threading.Thread(target=lambda: seen.append(backend.current_override()))
         t.start()
         t.join()
+        assert backend.current_override() == "triton"
     assert seen == [backend._env_choice]
 
 
@@ -60,25 +61,57 @@ def test_env_var_sets_the_default():
     assert r.stdout.strip() == "triton"
 
 
-def test_choose_follows_rules_and_availability(monkeypatch):
-    monkeypatch.setattr(_build, "HAS_CUDA_KERNELS", True)
-    monkeypatch.setattr(_build, "HAS_TRITON", True)
-    monkeypatch.setitem(backend.RULES, "quantize_per_token", lambda n: "triton" if n > 100 else "cuda")
-    assert backend.choose("quantize_per_token", 10) == "cuda"
-    assert backend.choose("quantize_per_token", 1000) == "triton"
+@pytest.fixture
+def test_op():
+    """A throwaway op name in the C++ backend table, with a Triton impl registered."""
+    name = "slimops_test_op"
+    _build._C._set_triton_impl(name, lambda *a: None)
+    _build._C._set_triton_min_size(name, 100)
+    yield name
+    _build._C._set_triton_impl(name, None)
+
+
+def _choose(op, size, have_cuda=True):
+    return backend._NAMES[_build._C._choose(op, size, have_cuda)]
+
+
+def test_choose_follows_the_rule(test_op):
+    assert _choose(test_op, 99) == "cuda"
+    assert _choose(test_op, 100) == "triton"
     with slimops.use_backend("cuda"):
-        assert backend.choose("quantize_per_token", 1000) == "cuda"
-    # only one backend built: it is used whatever the rule says
-    monkeypatch.setattr(_build, "HAS_TRITON", False)
-    assert backend.choose("quantize_per_token", 1000) == "cuda"
-    with slimops.use_backend("triton"), pytest.raises(RuntimeError, match="triton is not installed"):
-        backend.choose("quantize_per_token", 1)
-    monkeypatch.setattr(_build, "HAS_CUDA_KERNELS", False)
+        assert _choose(test_op, 1000) == "cuda"
+    with slimops.use_backend("triton"):
+        assert _choose(test_op, 1) == "triton"
+
+
+def test_choose_uses_the_only_available_backend(test_op):
+    assert _choose(test_op, 1, have_cuda=False) == "triton"
+    _build._C._set_triton_impl(test_op, None)
+    assert _choose(test_op, 10**9) == "cuda"
+
+
+def test_forcing_a_missing_backend_is_an_error(test_op):
+    with slimops.use_backend("cuda"), pytest.raises(RuntimeError, match="slimops.slimops_test_op: backend 'cuda'"):
+        _choose(test_op, 1, have_cuda=False)
+    _build._C._set_triton_impl(test_op, None)
+    with slimops.use_backend("triton"), pytest.raises(RuntimeError, match="backend 'triton' was requested"):
+        _choose(test_op, 1)
     with pytest.raises(RuntimeError, match="no GPU backend is available"):
-        backend.choose("quantize_per_token", 1)
+        _choose(test_op, 1, have_cuda=False)
 
 
-def test_every_op_with_a_gpu_choice_has_a_rule():
+def test_rules_reach_the_cpp_side(monkeypatch):
+    monkeypatch.setitem(backend.RULES, "slimops_test_rule", 4096)
+    backend.apply_rules()
+    _build._C._set_triton_impl("slimops_test_rule", lambda *a: None)
+    try:
+        assert _choose("slimops_test_rule", 4095) == "cuda"
+        assert _choose("slimops_test_rule", 4096) == "triton"
+    finally:
+        _build._C._set_triton_impl("slimops_test_rule", None)
+
+
+def test_every_rule_names_an_op():
     import torch
 
     for op in backend.RULES:

@@ -1,39 +1,39 @@
 """Which GPU implementation runs an op: CUDA C++ or Triton.
 
-Every op with two GPU implementations asks :func:`choose` once per call. The
-answer comes from, in order:
+The choice is made in C++ on every GPU call (csrc/backend.h), so an op whose
+rule picks CUDA C++ never enters Python. It comes from, in order:
 
-1. the innermost ``with slimops.use_backend("triton"|"cuda"):`` block;
+1. the innermost ``with slimops.use_backend("triton"|"cuda"):`` block (per thread);
 2. the ``SLIMOPS_BACKEND`` environment variable, read once at import;
-3. the op's rule in ``RULES``: a function of the problem size, written from
-   measurements on the card named beside it;
-4. whichever backend is built, if only one is.
+3. the op's rule in ``RULES``: Triton from a problem size up, CUDA C++ below it;
+4. whichever backend is available, if only one is.
 
-This sits on the launch path of every GPU op, so it is kept to a ContextVar
-read and a dict lookup (the cost is measured by bench/dispatch_overhead.py
-and quoted in the README).
+A forced backend that is not available is an error naming the op, never a
+silent fallback.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from slimops import _build
 
 BACKENDS = ("cuda", "triton")
+_CODES = {None: 0, "cuda": 1, "triton": 2}
+_NAMES = {0: None, 1: "cuda", 2: "triton"}
+_UNSET = -1
 
-# op name -> rule(size) -> preferred backend, where `size` is the op's
-# characteristic size (documented per op in slimops.ops).
-# NOTE: the quantize rules are not measured yet (the foundation session had no
-# GPU). CUDA C++ is the default because its launch path is shorter than
-# Triton's Python launcher; update from `slimops bench --suite quantize` JSON.
-RULES: dict[str, Callable[[int], str]] = {
-    "quantize_per_token": lambda numel: "cuda",
-    "quantize_per_channel": lambda numel: "cuda",
-    "dequantize": lambda numel: "cuda",
+# op -> smallest problem size (numel) at which Triton runs instead of CUDA C++;
+# None: CUDA C++ at every size when both are built.
+# NOTE: not measured yet (the foundation session had no GPU). CUDA C++ is the
+# default because its launch skips Python entirely; set these from
+# `slimops bench --suite quantize --device cuda`, card and date beside them.
+RULES: dict[str, int | None] = {
+    "quantize_per_token": None,
+    "quantize_per_channel": None,
+    "dequantize": None,
 }
 
 
@@ -46,7 +46,17 @@ def _validate(name: str | None, origin: str) -> str | None:
 
 
 _env_choice = _validate(os.environ.get("SLIMOPS_BACKEND"), "SLIMOPS_BACKEND")
-_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("slimops_backend", default=_env_choice)
+
+
+def apply_rules() -> None:
+    """Push ``RULES`` to the C++ side (done at import; call again after editing RULES)."""
+    for op, min_size in RULES.items():
+        _build._C._set_triton_min_size(op, 2**63 - 1 if min_size is None else int(min_size))
+
+
+if _build.HAS_C:
+    _build._C._set_default_backend(_CODES[_env_choice])
+    apply_rules()
 
 
 def built_gpu_backends() -> tuple[str, ...]:
@@ -56,38 +66,33 @@ def built_gpu_backends() -> tuple[str, ...]:
 
 @contextlib.contextmanager
 def use_backend(name: str | None) -> Iterator[None]:
-    """Force a GPU backend for ops called inside the block (``None``/'auto' restores the rules).
+    """Force a GPU backend for ops called by this thread inside the block.
 
-    Example::
+    ``None`` or ``"auto"`` restores the per-shape rules. Example::
 
         with slimops.use_backend("triton"):
             q, s = torch.ops.slimops.quantize_per_token(x)
     """
-    token = _forced.set(_validate(name, "use_backend(name)"))
+    code = _CODES[_validate(name, "use_backend(name)")]
+    if not _build.HAS_C:  # no ops to steer
+        yield
+        return
+    previous = _build._C._thread_backend()
+    _build._C._set_thread_backend(code)
     try:
         yield
     finally:
-        _forced.reset(token)
+        _build._C._set_thread_backend(previous)
 
 
 def current_override() -> str | None:
-    """The forced backend in effect here, or None when the per-shape rules decide."""
-    return _forced.get()
+    """The backend forced for this thread (block or environment), or None when the rules decide."""
+    if not _build.HAS_C:
+        return _env_choice
+    code = _build._C._thread_backend()
+    return _env_choice if code == _UNSET else _NAMES[code]
 
 
 def choose(op: str, size: int) -> str:
-    """The GPU backend that runs ``op`` for a problem of characteristic ``size``."""
-    forced = _forced.get()
-    if forced is not None:
-        if forced == "cuda" and not _build.HAS_CUDA_KERNELS:
-            raise RuntimeError(f"slimops.{op}: backend 'cuda' was requested but {_build.missing_backends()['cuda']}")
-        if forced == "triton" and not _build.HAS_TRITON:
-            raise RuntimeError(f"slimops.{op}: backend 'triton' was requested but triton is not installed")
-        return forced
-    if not _build.HAS_CUDA_KERNELS:
-        if not _build.HAS_TRITON:
-            raise RuntimeError(f"slimops.{op}: no GPU backend is available: {_build.missing_backends()}")
-        return "triton"
-    if not _build.HAS_TRITON:
-        return "cuda"
-    return RULES[op](size)
+    """The GPU backend that would run ``op`` for a problem of ``size`` elements on this thread."""
+    return _NAMES[_build._C._choose(op, size, _build.HAS_CUDA_KERNELS)]

@@ -72,6 +72,16 @@ def dequantize(
     return torch.ops.slimops.dequantize.default(q, scale, zero_point, out_dtype)
 
 
+def _checked(name, fn):
+    """A Triton launcher that first asks the backend choice (so a forced 'cuda' errors)."""
+
+    def run(*args):
+        choose(name, args[0].numel())
+        return fn(*args)
+
+    return run
+
+
 if _build.HAS_C:
 
     @torch.library.register_fake("slimops::quantize_per_token")
@@ -94,27 +104,19 @@ if _build.HAS_C:
         validate_dequantize(q, scale, zero_point, out_dtype)
         return q.new_empty(q.shape, dtype=out_dtype)
 
-    # CUDA key: pick CUDA C++ or Triton per call (slimops.backend). Imports are
-    # resolved once here, not per call.
-    if _build.HAS_CUDA_KERNELS:
-        _cuda = _build._C
+    # CUDA key. With the CUDA kernels built, csrc/cuda/quantize_dispatch.cpp
+    # owns it and calls these Triton launchers only when the choice says so.
+    # Without them, Triton serves the key alone (choose() still rejects a
+    # forced "cuda").
     if _build.HAS_TRITON and torch.cuda.is_available():
         from slimops.kernels import quantize as _triton
 
-    @torch.library.register_kernel("slimops::quantize_per_token", "cuda")
-    def _quantize_per_token_cuda(x):
-        if choose("quantize_per_token", x.numel()) == "cuda":
-            return _cuda.quantize_per_token_cuda(x)
-        return _triton.quantize_per_token(x)
-
-    @torch.library.register_kernel("slimops::quantize_per_channel", "cuda")
-    def _quantize_per_channel_cuda(x, axis, symmetric=True):
-        if choose("quantize_per_channel", x.numel()) == "cuda":
-            return _cuda.quantize_per_channel_cuda(x, axis, symmetric)
-        return _triton.quantize_per_channel(x, axis, symmetric)
-
-    @torch.library.register_kernel("slimops::dequantize", "cuda")
-    def _dequantize_cuda(q, scale, zero_point, out_dtype):
-        if choose("dequantize", q.numel()) == "cuda":
-            return _cuda.dequantize_cuda(q, scale, zero_point, out_dtype)
-        return _triton.dequantize(q, scale, zero_point, out_dtype)
+        _TRITON = {
+            "quantize_per_token": _triton.quantize_per_token,
+            "quantize_per_channel": _triton.quantize_per_channel,
+            "dequantize": _triton.dequantize,
+        }
+        for _name, _fn in _TRITON.items():
+            _build._C._set_triton_impl(_name, _fn)
+            if not _build.HAS_CUDA_KERNELS:
+                torch.library.register_kernel(f"slimops::{_name}", "cuda", _checked(_name, _fn))
