@@ -72,6 +72,39 @@ def test_quantize_per_token_wide_exponent_range(impl, dtype):
     assert_per_token_exact(x, q, scale)
 
 
+def _near_tie_rows(rows: int, k: int, seed: int) -> torch.Tensor:
+    """Rows whose quotients x / scale sit within 2 ulps of n + 0.5, over scales 2^-50..2^50.
+
+    An eighth of the rows have all-ones significand scales with x = 2^e, where
+    x / scale = 1 / (2 - 2^-23) rounds to 1 only if the division is correctly
+    rounded: a division through an approximate reciprocal gives 0.
+    """
+    g = torch.Generator().manual_seed(seed)
+    e = torch.randint(-50, 50, (rows, 1), generator=g).double()
+    sig = torch.rand(rows, 1, generator=g, dtype=torch.float64) + 1.0
+    sig[: rows // 8] = 2 - 2.0**-23
+    amax = (sig * torch.exp2(e) * 127).float()
+    scale = (amax / 127).double()
+    n = torch.randint(-127, 127, (rows, k - 2), generator=g).double() + 0.5
+    x = (n * scale).float()
+    for _ in range(2):  # nudge each value by -1, 0 or +1 ulp, twice
+        step = torch.randint(-1, 2, x.shape, generator=g)
+        x = torch.where(step > 0, torch.nextafter(x, torch.tensor(float("inf"))), x)
+        x = torch.where(step < 0, torch.nextafter(x, torch.tensor(float("-inf"))), x)
+    x = torch.maximum(torch.minimum(x, amax), -amax)
+    return torch.cat([amax, torch.exp2(e).float(), x], 1)
+
+
+def test_quantize_near_ties_and_hard_scales(impl):
+    x = _near_tie_rows(256, 66, seed=31).to(impl.device)
+    q, scale = impl.quantize_per_token(x)
+    assert_per_token_exact(x, q, scale)
+    assert (q.cpu()[: 256 // 8, 1] == 1).all()  # the all-ones-significand rows
+    q, scale, zp = impl.quantize_per_channel(x, 0, False)
+    rq, rs, rz = ref.quantize_per_channel(x.cpu(), 0, False)
+    assert torch.equal(scale.cpu(), rs) and torch.equal(zp.cpu(), rz) and torch.equal(q.cpu(), rq)
+
+
 def test_quantize_per_token_rounds_half_to_even(impl):
     # scale = 127 / 127 = 1 exactly, so every quotient is the value itself.
     row = [127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5, -127.0, 3.49, -3.51]

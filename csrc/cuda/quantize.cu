@@ -313,16 +313,32 @@ __device__ __forceinline__ Params group_params(const Stats<SYM>& st) {
   return p;
 }
 
-// x / b for one b and many x: plain IEEE division (div.rn.f32).
-// NOTE: no hoisted-reciprocal shortcut. nvcc 13 expands div.rn.f32 into
-// MUFU.RCP, one Newton step, q = x * r, one FMA correction and FCHK (slow path
-// for extreme exponents). Replaying that fast path with the reciprocal hoisted
-// is exact only if MUFU.RCP returns the value NVIDIA's own sequence relies on:
-// for a legal 1-ulp result, b = 2 - 2^-23 (all-ones significand) and x = 1,
-// r0 = 0.5 gives 0.5 instead of RN(1 / b) = 0.5 + 2^-24, so q = 0 instead of
-// 1. That is undocumented hardware behaviour, so the shortcut stays out until
-// it is verified bit for bit on the GPUs we support. ptxas shares the
-// reciprocal between the divisions of one chunk anyway.
+// x / b correctly rounded, for one b and many x, without a division per x.
+// r = 1 / b is itself one IEEE division, so r = RN(1/b) exactly; then
+//   q0 = RN(x r)                       within ~2^-23 relative of x / b,
+//   q1 = RN(q0 + r RN(x - b q0))       within 2^-46 before rounding: faithful,
+//   q2 = RN(q1 + r (x - b q1))         = RN(x / b) by Markstein's theorem (r
+//                                      within 1/2 ulp of 1/b, q1 within 1 ulp).
+// Valid while nothing underflows: for b in [2^-60, 2^60] and |x| / b >= 1/4
+// every nonzero residual is a multiple of ulp(b) ulp(q) >= 2^-108. Smaller
+// quotients come out below 1/2 either way and round to 0. 5 FP32 ops per x.
+// NOTE: do not replay nvcc's own div.rn fast path (MUFU.RCP, one Newton step,
+// one correction) with the reciprocal hoisted: that is exact only for the
+// MUFU.RCP value the hardware happens to return. With another legal (1 ulp)
+// value it is not: b = 2 - 2^-23, r0 = 0.5 gives r = 0.5 and 1 / b -> 0.5
+// instead of 0.5 + 2^-24, so x = 1 quantizes to 0 instead of 1.
+struct RecipDiv {
+  float b, r;
+
+  static __device__ __forceinline__ bool applies(float b) { return b >= 0x1p-60f && b <= 0x1p60f; }
+  explicit __device__ __forceinline__ RecipDiv(float divisor) : b(divisor), r(1.0f / divisor) {}
+  __device__ __forceinline__ float operator()(float x) const {
+    float q = __fmul_rn(x, r);
+    q = __fmaf_rn(r, __fmaf_rn(-b, q, x), q);
+    return __fmaf_rn(r, __fmaf_rn(-b, q, x), q);
+  }
+};
+
 struct ExactDiv {
   float b;
   __device__ __forceinline__ float operator()(float x) const { return x / b; }
@@ -445,7 +461,11 @@ __global__ void __launch_bounds__(1024)
         }
       }
     };
-    quantize_row(ExactDiv{p.scale});
+    if (RecipDiv::applies(p.scale)) {
+      quantize_row(RecipDiv(p.scale));
+    } else {
+      quantize_row(ExactDiv{p.scale});
+    }
   }
 }
 
