@@ -16,6 +16,7 @@ import torch  # noqa: F401  (slimops._C links against libtorch: import torch fir
 
 from slimops import _build
 from slimops.backend import use_backend
+from slimops.convert import ConversionSummary, HalfConfig, convert
 
 __version__ = "0.1.0"
 
@@ -33,4 +34,4 @@ def backends() -> dict[str, bool]:
     return {name: name not in missing for name in ("cpu", "cuda", "triton")}
 
 
-__all__ = ["backends", "use_backend", "__version__"]
+__all__ = ["ConversionSummary", "HalfConfig", "backends", "convert", "use_backend", "__version__"]
