@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import slimops
-from slimops.convert import Config, HalfConfig, register_handler
+import slimops.conversion
+from slimops.conversion import Config, HalfConfig, register_handler
 from slimops.nn import HalfLinear
 
 
@@ -89,7 +90,7 @@ def test_failure_part_way_leaves_the_model_unchanged():
         with pytest.raises(RuntimeError, match="boom"):
             slimops.convert(model, [HalfConfig(torch.bfloat16), Flaky()])
     finally:
-        slimops.convert._HANDLERS.pop(Flaky)
+        slimops.conversion._HANDLERS.pop(Flaky)
     assert [type(m) for m in model.modules()] == types
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

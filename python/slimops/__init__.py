@@ -16,7 +16,7 @@ import torch  # noqa: F401  (slimops._C links against libtorch: import torch fir
 
 from slimops import _build
 from slimops.backend import use_backend
-from slimops.convert import ConversionSummary, HalfConfig, convert
+from slimops.conversion import ConversionSummary, HalfConfig, convert
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimops.convert import Unsupported
+from slimops.conversion import Unsupported
 
 
 class HalfLinear(nn.Module):
