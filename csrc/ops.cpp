@@ -19,6 +19,17 @@ TORCH_LIBRARY(slimops, m) {
   m.def("quantize_per_channel(Tensor x, int axis, bool symmetric=True) -> (Tensor, Tensor, Tensor)");
   // ((q - zero_point) * scale) in fp32, rounded once to out_dtype (float32, float16 or bfloat16).
   m.def("dequantize(Tensor q, Tensor scale, Tensor? zero_point, ScalarType out_dtype) -> Tensor");
+
+  // sum(|x|^p) over every element of every tensor (max|x| for p = inf) in fp32, then the p-th root
+  // unless root=False: a 0-d fp32 tensor. Mixed shapes and dtypes, one device.
+  m.def("multi_tensor_norm(Tensor[] tensors, float norm_type, bool root=True) -> Tensor");
+  // In place: every tensor *= min(1, max_norm / (total_norm + 1e-6)), the coefficient computed on the device.
+  m.def("multi_tensor_scale_(Tensor(a!)[] tensors, Tensor total_norm, float max_norm) -> ()");
+  // Norm, then scale, in at most two launches; returns the fp32 norm. With inv_scale, grads are unscaled
+  // in the same passes and found_inf is set to 1 if any unscaled element is non-finite (GradScaler).
+  m.def(
+      "clip_grad_norm_fused_(Tensor(a!)[] grads, float max_norm, float norm_type, Tensor? inv_scale=None, "
+      "Tensor(b!)? found_inf=None) -> Tensor");
 }
 
 namespace {

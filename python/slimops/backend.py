@@ -34,6 +34,9 @@ RULES: dict[str, int | None] = {
     "quantize_per_token": None,
     "quantize_per_channel": None,
     "dequantize": None,
+    "multi_tensor_norm": None,
+    "multi_tensor_scale_": None,
+    "clip_grad_norm_fused_": None,
 }
 
 

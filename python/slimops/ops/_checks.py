@@ -156,3 +156,57 @@ def validate_dequantize(
             ),
         )
     return g
+
+
+# ---------------------------------------------------------------- clip-norm family
+
+
+def validate_multi_tensor(tensors: list[torch.Tensor], op: str) -> None:
+    """Mirrors csrc/clip.cpp: float, strided, dense tensors on one device."""
+    for i, t in enumerate(tensors):
+        torch._check(
+            t.layout == torch.strided,
+            lambda: _fail(
+                op, f"tensors[{i}] must be a dense (strided) tensor, got layout {t.layout} "
+                "(sparse gradients cannot be clipped by norm)"
+            ),
+        )
+        torch._check(
+            t.dtype in FLOAT_DTYPES,
+            lambda: _fail(op, f"tensors[{i}] must be float32, float16 or bfloat16, got {t.dtype}"),
+        )
+        torch._check(
+            t.is_non_overlapping_and_dense(),
+            lambda: _fail(
+                op, f"tensors[{i}] must be non-overlapping and dense (contiguous or a permutation of it), "
+                f"got strides {t.stride()} for shape {tuple(t.shape)}"
+            ),
+        )
+        torch._check(
+            t.device == tensors[0].device,
+            lambda: _fail(
+                op, f"tensors[{i}] is on {t.device} but tensors[0] is on {tensors[0].device}: "
+                "one call takes tensors on one device"
+            ),
+        )
+
+
+def validate_norm_type(norm_type: float, op: str) -> None:
+    torch._check(
+        norm_type > 0 and not math.isnan(norm_type),
+        lambda: _fail(op, f"norm_type must be > 0 (or inf), got {norm_type}"),
+    )
+
+
+def validate_max_norm(max_norm: float, op: str) -> None:
+    torch._check(
+        max_norm >= 0 and not math.isnan(max_norm), lambda: _fail(op, f"max_norm must be >= 0, got {max_norm}")
+    )
+
+
+def validate_scalar_tensor(t: torch.Tensor, name: str, device: torch.device, op: str) -> None:
+    torch._check(
+        t.dtype == torch.float32 and t.numel() == 1,
+        lambda: _fail(op, f"{name} must be a one-element float32 tensor, got {t.dtype} of shape {tuple(t.shape)}"),
+    )
+    torch._check(t.device == device, lambda: _fail(op, f"{name} must be on {device} with the tensors, got {t.device}"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from slimops import _build
-from slimops.backend import choose
+from slimops.ops._triton import register_triton, triton_usable
 from slimops.ops._checks import (
     channel_scale_shape,
     validate_dequantize,
@@ -72,16 +72,6 @@ def dequantize(
     return torch.ops.slimops.dequantize.default(q, scale, zero_point, out_dtype)
 
 
-def _checked(name, fn):
-    """A Triton launcher that first asks the backend choice (so a forced 'cuda' errors)."""
-
-    def run(*args):
-        choose(name, args[0].numel())
-        return fn(*args)
-
-    return run
-
-
 if _build.HAS_C:
 
     @torch.library.register_fake("slimops::quantize_per_token")
@@ -104,19 +94,13 @@ if _build.HAS_C:
         validate_dequantize(q, scale, zero_point, out_dtype)
         return q.new_empty(q.shape, dtype=out_dtype)
 
-    # CUDA key. With the CUDA kernels built, csrc/cuda/quantize_dispatch.cpp
-    # owns it and calls these Triton launchers only when the choice says so.
-    # Without them, Triton serves the key alone (choose() still rejects a
-    # forced "cuda").
-    if _build.HAS_TRITON and torch.cuda.is_available():
+    if triton_usable():
         from slimops.kernels import quantize as _triton
 
-        _TRITON = {
-            "quantize_per_token": _triton.quantize_per_token,
-            "quantize_per_channel": _triton.quantize_per_channel,
-            "dequantize": _triton.dequantize,
-        }
-        for _name, _fn in _TRITON.items():
-            _build._C._set_triton_impl(_name, _fn)
-            if not _build.HAS_CUDA_KERNELS:
-                torch.library.register_kernel(f"slimops::{_name}", "cuda", _checked(_name, _fn))
+        register_triton(
+            {
+                "quantize_per_token": _triton.quantize_per_token,
+                "quantize_per_channel": _triton.quantize_per_channel,
+                "dequantize": _triton.dequantize,
+            }
+        )
