@@ -1,13 +1,14 @@
-"""The implementations of the quantize family that a test can run here.
+"""The implementations of slimops' ops that a test can run here.
 
-Each one is a triple of callables with the signatures of slimops.ops:
+``impl.<op name>`` is a callable with the signature of ``slimops.ops.<op name>``:
 - "cpu": torch.ops.slimops.* on CPU tensors (the C++ kernels);
-- "triton-interpret": the Triton launchers on CPU tensors under TRITON_INTERPRET=1;
+- "triton-interpret": the Triton launchers of kernels/ on CPU tensors under TRITON_INTERPRET=1;
 - "cuda" / "triton": torch.ops.slimops.* on CUDA tensors with that backend forced.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from dataclasses import dataclass
@@ -20,15 +21,33 @@ import slimops
 from slimops import _build
 
 
+# The Triton module holding each op's launcher.
+_TRITON_FAMILY = {
+    "quantize_per_token": "quantize",
+    "quantize_per_channel": "quantize",
+    "dequantize": "quantize",
+    "multi_tensor_norm": "clip",
+    "multi_tensor_scale_": "clip",
+    "clip_grad_norm_fused_": "clip",
+}
+
+
 @dataclass
 class Impl:
     name: str
     device: str
-    quantize_per_token: Callable
-    quantize_per_channel: Callable
-    dequantize: Callable
     # bf16 is silently wrong in the Triton interpreter.
     bf16: bool = True
+
+    def __getattr__(self, op: str) -> Callable:
+        if op not in _TRITON_FAMILY:
+            raise AttributeError(op)
+        if self.name == "cpu":
+            return getattr(slimops.ops, op)
+        if self.name == "triton-interpret":
+            module = importlib.import_module(f"slimops.kernels.{_TRITON_FAMILY[op]}")
+            return getattr(module, op)
+        return _forced(self.name, getattr(slimops.ops, op))
 
 
 def _forced(backend: str, fn: Callable) -> Callable:
@@ -40,20 +59,11 @@ def _forced(backend: str, fn: Callable) -> Callable:
 
 
 def get_impl(name: str) -> Impl:
-    ops = slimops.ops
     if name == "cpu":
-        return Impl("cpu", "cpu", ops.quantize_per_token, ops.quantize_per_channel, ops.dequantize)
+        return Impl("cpu", "cpu")
     if name == "triton-interpret":
-        from slimops.kernels import quantize as k
-
-        return Impl(name, "cpu", k.quantize_per_token, k.quantize_per_channel, k.dequantize, bf16=False)
-    return Impl(
-        name,
-        "cuda",
-        _forced(name, ops.quantize_per_token),
-        _forced(name, ops.quantize_per_channel),
-        _forced(name, ops.dequantize),
-    )
+        return Impl(name, "cpu", bf16=False)
+    return Impl(name, "cuda")
 
 
 _interp = os.environ.get("TRITON_INTERPRET") == "1" and _build.HAS_TRITON

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from slimops import reference as ref
-from tests.quantize_backends import DTYPES, IMPLS, get_impl, random_rows, skip_unsupported
+from tests.backends import DTYPES, IMPLS, get_impl, random_rows, skip_unsupported
 
 pytestmark = pytest.mark.usefixtures("poison_empty")
 

@@ -8,7 +8,7 @@ import torch
 import slimops
 from slimops import reference as ref
 from slimops.ops import quantize as qops
-from tests.quantize_backends import IMPLS, _interp, get_impl, random_rows
+from tests.backends import IMPLS, _interp, get_impl, random_rows
 
 OPS = torch.ops.slimops
 

@@ -16,6 +16,8 @@ import torch  # noqa: F401  (slimops._C links against libtorch: import torch fir
 
 from slimops import _build
 from slimops.backend import use_backend
+from slimops import amp  # noqa: F401  (slimops.amp.unscale_clip_grad_norm_)
+from slimops.clip import clip_grad_norm_, clip_grad_value_, install, uninstall
 from slimops.conversion import ConversionSummary, HalfConfig, convert
 
 __version__ = "0.1.0"
@@ -34,4 +36,15 @@ def backends() -> dict[str, bool]:
     return {name: name not in missing for name in ("cpu", "cuda", "triton")}
 
 
-__all__ = ["ConversionSummary", "HalfConfig", "backends", "convert", "use_backend", "__version__"]
+__all__ = [
+    "ConversionSummary",
+    "HalfConfig",
+    "backends",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "convert",
+    "install",
+    "uninstall",
+    "use_backend",
+    "__version__",
+]

@@ -161,6 +161,20 @@ def validate_dequantize(
 # ---------------------------------------------------------------- clip-norm family
 
 
+def is_dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense: some order of its dims makes it contiguous (as c10's check)."""
+    if t.numel() == 0:
+        return True
+    expected = 1
+    for d in sorted(range(t.dim()), key=lambda d: t.stride(d)):
+        if t.shape[d] == 1:
+            continue
+        if t.stride(d) != expected:
+            return False
+        expected *= t.shape[d]
+    return True
+
+
 def validate_multi_tensor(tensors: list[torch.Tensor], op: str) -> None:
     """Mirrors csrc/clip.cpp: float, strided, dense tensors on one device."""
     for i, t in enumerate(tensors):
@@ -176,7 +190,7 @@ def validate_multi_tensor(tensors: list[torch.Tensor], op: str) -> None:
             lambda: _fail(op, f"tensors[{i}] must be float32, float16 or bfloat16, got {t.dtype}"),
         )
         torch._check(
-            t.is_non_overlapping_and_dense(),
+            t.layout != torch.strided or is_dense(t),
             lambda: _fail(
                 op, f"tensors[{i}] must be non-overlapping and dense (contiguous or a permutation of it), "
                 f"got strides {t.stride()} for shape {tuple(t.shape)}"
