@@ -209,9 +209,12 @@ def test_cuda_graph_capture_and_replay(backend):
 # ------------------------------------------------------------- the drop-in vs torch
 
 
-def _params(seed, dtypes, device="cpu", none_frac=0.2, n=None):
+NONEMPTY = [s for s in SIZES if s != (0,)]
+
+
+def _params(seed, dtypes, device="cpu", none_frac=0.2, n=None, sizes=SIZES):
     rng = random.Random(seed)
-    grads = random_tensors(seed, dtypes, device, n=n)
+    grads = random_tensors(seed, dtypes, device, n=n, sizes=sizes)
     params = []
     for g in grads:
         p = torch.nn.Parameter(torch.zeros(g.shape, dtype=g.dtype, device=device))
@@ -232,18 +235,23 @@ def _clone_params(params):
 @pytest.mark.parametrize("norm_type", NORM_TYPES)
 @pytest.mark.parametrize("seed", range(10))
 def test_clip_grad_norm_matches_torch_fp32(seed, norm_type):
-    mine = _params(seed, [torch.float32])
+    # torch's inf norm refuses empty tensors (no identity for max); slimops skips them.
+    mine = _params(seed, [torch.float32], sizes=NONEMPTY if math.isinf(norm_type) else SIZES)
     theirs = _clone_params(mine)
     max_norm = random.Random(seed).choice([0.1, 1.0, 1e3])
+    exact = ref.multi_tensor_norm([p.grad for p in mine if p.grad is not None], norm_type)
     got = slimops.clip_grad_norm_(mine, max_norm, norm_type)
     want = torch_clip(theirs, max_norm, norm_type)
     assert got.dtype == want.dtype and got.device == want.device
-    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(got, exact, rtol=1e-6, atol=0)
+    # torch's own fp32 error grows for p < 1 (the 1/p root amplifies it): 1.7e-6 seen at p = 0.5
+    torch.testing.assert_close(got, want, rtol=1e-6 if norm_type >= 1 else 4e-6, atol=0)
     for p, q in zip(mine, theirs):
         if q.grad is None:
             assert p.grad is None
         else:
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=1e-12)
+            # the coefficient inherits the norm's 1e-6 (accumulation order), plus one rounding
+            torch.testing.assert_close(p.grad, q.grad, rtol=2e-6, atol=1e-12)
 
 
 @pytest.mark.parametrize("dtypes", [[torch.bfloat16], [torch.float16], [torch.float32, torch.bfloat16],
@@ -257,9 +265,17 @@ def test_clip_grad_norm_mixed_precision(seed, dtypes):
     got = slimops.clip_grad_norm_(mine, 0.5, 2.0)
     want = torch_clip(theirs, 0.5, 2.0)
     assert got.dtype == want.dtype and got.device == want.device
-    torch.testing.assert_close(got.float(), exact, rtol=torch.finfo(got.dtype).eps, atol=0)
+    torch.testing.assert_close(got.float(), exact, rtol=max(torch.finfo(got.dtype).eps, 2e-6), atol=0)
     for p, q in zip(mine, theirs):
         torch.testing.assert_close(p.grad.float(), q.grad.float(), rtol=2e-2, atol=1e-6)
+
+
+def test_inf_norm_skips_empty_tensors():
+    mine = _params(2, [torch.float32], none_frac=0.0, n=5, sizes=NONEMPTY)
+    mine.append(torch.nn.Parameter(torch.zeros(0)))
+    mine[-1].grad = torch.zeros(0)
+    want = max(p.grad.abs().max().item() for p in mine[:-1])
+    assert slimops.clip_grad_norm_(mine, 1e9, math.inf).item() == want
 
 
 def test_clip_grad_norm_contract_edges():
@@ -278,13 +294,14 @@ def test_clip_grad_norm_contract_edges():
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("norm_type", [2.0, math.inf])
 def test_clip_grad_norm_nonfinite(bad, norm_type):
-    mine = _params(7, [torch.float32], none_frac=0.0, n=4)
+    mine = _params(7, [torch.float32], none_frac=0.0, n=4, sizes=NONEMPTY)
     mine[1].grad.view(-1)[0] = bad
     theirs = _clone_params(mine)
     before = [p.grad.clone() for p in mine]
     with pytest.raises(RuntimeError, match="is non-finite, so it cannot be clipped"):
         slimops.clip_grad_norm_(mine, 1.0, norm_type, error_if_nonfinite=True)
-    assert all(torch.equal(p.grad, b) for p, b in zip(mine, before))  # nothing scaled
+    for p, b in zip(mine, before):  # nothing scaled
+        torch.testing.assert_close(p.grad, b, rtol=0, atol=0, equal_nan=True)
     got = slimops.clip_grad_norm_(mine, 1.0, norm_type)
     want = torch_clip(theirs, 1.0, norm_type)
     torch.testing.assert_close(got, want, equal_nan=True)
