@@ -45,7 +45,7 @@ def multi_tensor_norm(tensors: list[torch.Tensor], norm_type: float, root: bool 
 
 def clip_coefficient(total_norm: torch.Tensor, max_norm: float) -> torch.Tensor:
     """``min(1, max_norm / (total_norm + 1e-6))`` in fp32, NaN propagating."""
-    coef = torch.tensor(max_norm, dtype=torch.float32) / (total_norm.float().cpu() + CLIP_EPS)
+    coef = torch.tensor(max_norm, dtype=torch.float32) / (total_norm.float().cpu().reshape(()) + CLIP_EPS)
     return torch.where(torch.isnan(coef), coef, coef.clamp(max=1.0))
 
 
