@@ -51,6 +51,7 @@
 #include <vector>
 
 #include "clip.h"
+#include "cuda/nan_math.cuh"
 
 #if defined(CUDART_VERSION) && CUDART_VERSION >= 12010
 // CUDA 12.1 raised the kernel parameter limit from 4096 to 32764 bytes.
@@ -202,16 +203,6 @@ __device__ __forceinline__ uint4 pack_vec(const float (&f)[E::kVec]) {
 
 // ---------------------------------------------------------------- norm terms
 
-// fmaxf drops NaN; the norm must keep it.
-__device__ __forceinline__ float max_nan(float a, float b) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  float r;
-  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-  return r;
-#else
-  return (a != a || b != b) ? __int_as_float(0x7fffffff) : fmaxf(a, b);
-#endif
-}
 
 // acc + |u|^p (max for p = inf). Every term is >= 0 or NaN, so sums never see inf - inf.
 template <int KIND>

@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "quantize.h"
+#include "cuda/nan_math.cuh"
 
 namespace slimops {
 namespace {
@@ -197,28 +198,6 @@ __device__ __forceinline__ void store_out(T* p, const float (&f)[N]) {
   }
 }
 
-// ---------------------------------------------------------------- NaN-propagating min / max
-
-// fmaxf / fminf drop NaN; the non-finite check needs it to survive the reduction.
-__device__ __forceinline__ float max_nan(float a, float b) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  float r;
-  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-  return r;
-#else
-  return (a != a || b != b) ? __int_as_float(0x7fffffff) : fmaxf(a, b);
-#endif
-}
-
-__device__ __forceinline__ float min_nan(float a, float b) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  float r;
-  asm("min.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-  return r;
-#else
-  return (a != a || b != b) ? __int_as_float(0x7fffffff) : fminf(a, b);
-#endif
-}
 
 // Running statistics of one group. SYM: hi = max |x| (lo unused). Asymmetric:
 // lo = min x, hi = max x. Any NaN makes them NaN, any inf makes them infinite.

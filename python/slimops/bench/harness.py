@@ -433,3 +433,29 @@ def print_table(rows: list[dict], console=None) -> None:
             cells.append(_fmt(r["frac_of_copy_bw"] and 100 * r["frac_of_copy_bw"], ".0f"))
         t.add_row(*head, provider, *cells, *([""] if has_note else []))
     console.print(t)
+
+
+def slimops_providers(make_fn) -> list[Provider]:
+    """slimops' providers for a suite whose slimops call is ``make_fn(case, args)``.
+
+    The C++ kernels on CPU; on a GPU the per-shape choice ("slimops-auto") and
+    each backend forced. A provider that is not built here is skipped with the reason.
+    """
+    from slimops import _build
+    from slimops.backend import use_backend
+
+    def missing(backend):
+        return lambda device: _build.missing_backends().get(backend)
+
+    def no_gpu_backend(device):
+        m = _build.missing_backends()
+        if "cuda" in m and "triton" in m:
+            return f"no GPU backend: cuda: {m['cuda']}; triton: {m['triton']}"
+        return None
+
+    return [
+        Provider("slimops-cpu", ("cpu",), make_fn, missing("cpu")),
+        Provider("slimops-auto", ("cuda",), make_fn, no_gpu_backend, lambda: use_backend("auto")),
+        Provider("slimops-cuda", ("cuda",), make_fn, missing("cuda"), lambda: use_backend("cuda")),
+        Provider("slimops-triton", ("cuda",), make_fn, missing("triton"), lambda: use_backend("triton")),
+    ]

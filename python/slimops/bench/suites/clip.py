@@ -48,9 +48,7 @@ from collections.abc import Sequence
 
 import torch
 
-from slimops import _build
-from slimops.backend import use_backend
-from slimops.bench.harness import Case, Provider, Suite, Unavailable
+from slimops.bench.harness import Case, Provider, Suite, Unavailable, slimops_providers
 
 OP = "clip_grad_norm_"
 # 0, not the usual 1.0: every timed call must scale (see the module docstring).
@@ -250,26 +248,12 @@ def _slimops(case: Case, args: tuple):
     return lambda: clip_grad_norm_(params, MAX_NORM)
 
 
-def _missing(backend: str):
-    return lambda device: _build.missing_backends().get(backend)
-
-
-def _no_gpu_backend(device: str) -> str | None:
-    missing = _build.missing_backends()
-    if "cuda" in missing and "triton" in missing:
-        return f"no GPU backend: cuda: {missing['cuda']}; triton: {missing['triton']}"
-    return None
-
-
 PROVIDERS = [
     Provider("torch-foreach", ("cpu", "cuda"), _torch(foreach=True)),
     Provider("torch-loop", ("cpu", "cuda"), _torch(foreach=False)),
     Provider("torch-foreach-graph", ("cuda",), _graphed),
     Provider("torch-compile", ("cpu", "cuda"), _compiled),
-    Provider("slimops-cpu", ("cpu",), _slimops, _missing("cpu")),
-    Provider("slimops-auto", ("cuda",), _slimops, _no_gpu_backend, lambda: use_backend("auto")),
-    Provider("slimops-cuda", ("cuda",), _slimops, _missing("cuda"), lambda: use_backend("cuda")),
-    Provider("slimops-triton", ("cuda",), _slimops, _missing("triton"), lambda: use_backend("triton")),
+    *slimops_providers(_slimops),
 ]
 
 SUITE = Suite(

@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from slimops import _build
-from slimops.backend import use_backend
-from slimops.bench.harness import Case, Provider, Suite, Unavailable
+from slimops.bench.harness import Case, Provider, Suite, Unavailable, slimops_providers
 from slimops.reference import quantize as ref
 
 HIDDEN, MLP = 4096, 11008  # Llama-7B
@@ -133,24 +131,10 @@ def _slimops(case: Case, args: tuple):
     return lambda: op(*args)
 
 
-def _missing(backend: str):
-    return lambda device: _build.missing_backends().get(backend)
-
-
-def _no_gpu_backend(device: str) -> str | None:
-    missing = _build.missing_backends()
-    if "cuda" in missing and "triton" in missing:
-        return f"no GPU backend: cuda: {missing['cuda']}; triton: {missing['triton']}"
-    return None
-
-
 PROVIDERS = [
     Provider("torch-eager", ("cpu", "cuda"), _eager),
     Provider("torch-compile", ("cpu", "cuda"), _compiled),
-    Provider("slimops-cpu", ("cpu",), _slimops, _missing("cpu")),
-    Provider("slimops-auto", ("cuda",), _slimops, _no_gpu_backend, lambda: use_backend("auto")),
-    Provider("slimops-cuda", ("cuda",), _slimops, _missing("cuda"), lambda: use_backend("cuda")),
-    Provider("slimops-triton", ("cuda",), _slimops, _missing("triton"), lambda: use_backend("triton")),
+    *slimops_providers(_slimops),
 ]
 
 SUITE = Suite(
