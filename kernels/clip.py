@@ -112,7 +112,13 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from slimops.ops._checks import validate_max_norm, validate_multi_tensor, validate_norm_type, validate_scalar_tensor
+from slimops.ops._checks import (
+    validate_clip_grad_norm_fused,
+    validate_max_norm,
+    validate_multi_tensor,
+    validate_norm_type,
+    validate_scalar_tensor,
+)
 
 # Elements per chunk (one program each). 128 KiB of fp32: large enough that the
 # table stays small (Llama-1B: ~37k chunks), small enough for ~1k+ programs on
@@ -700,13 +706,7 @@ def clip_grad_norm_fused_(
         The total norm of the (unscaled) gradients, a 0-d float32 tensor.
     """
     op = "clip_grad_norm_fused_"
-    validate_multi_tensor(grads, op)
-    validate_max_norm(max_norm, op)
-    validate_norm_type(norm_type, op)
-    device = _device_of(grads)
-    for name, t in (("inv_scale", inv_scale), ("found_inf", found_inf)):
-        if t is not None:
-            validate_scalar_tensor(t, name, device, op)
+    device = validate_clip_grad_norm_fused(grads, max_norm, norm_type, inv_scale, found_inf)
     with _device_guard(device):
         plan = _get_plan(grads, op)
         if plan is None:

@@ -224,3 +224,16 @@ def validate_scalar_tensor(t: torch.Tensor, name: str, device: torch.device, op:
         lambda: _fail(op, f"{name} must be a one-element float32 tensor, got {t.dtype} of shape {tuple(t.shape)}"),
     )
     torch._check(t.device == device, lambda: _fail(op, f"{name} must be on {device} with the tensors, got {t.device}"))
+
+
+def validate_clip_grad_norm_fused(grads, max_norm, norm_type, inv_scale, found_inf) -> torch.device:
+    """Every check of clip_grad_norm_fused_ (fake and Triton launcher alike); returns the device."""
+    op = "clip_grad_norm_fused_"
+    validate_multi_tensor(grads, op)
+    validate_max_norm(max_norm, op)
+    validate_norm_type(norm_type, op)
+    device = grads[0].device if grads else torch.device("cpu")
+    for name, t in (("inv_scale", inv_scale), ("found_inf", found_inf)):
+        if t is not None:
+            validate_scalar_tensor(t, name, device, op)
+    return device

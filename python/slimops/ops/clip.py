@@ -11,7 +11,13 @@ from __future__ import annotations
 import torch
 
 from slimops import _build
-from slimops.ops._checks import validate_max_norm, validate_multi_tensor, validate_norm_type, validate_scalar_tensor
+from slimops.ops._checks import (
+    validate_clip_grad_norm_fused,
+    validate_max_norm,
+    validate_multi_tensor,
+    validate_norm_type,
+    validate_scalar_tensor,
+)
 from slimops.ops._triton import register_triton, triton_usable
 
 
@@ -86,14 +92,7 @@ if _build.HAS_C:
 
     @torch.library.register_fake("slimops::clip_grad_norm_fused_")
     def _clip_grad_norm_fused_fake(grads, max_norm, norm_type, inv_scale=None, found_inf=None):
-        op = "clip_grad_norm_fused_"
-        validate_multi_tensor(grads, op)
-        validate_max_norm(max_norm, op)
-        validate_norm_type(norm_type, op)
-        device = _norm_device(grads)
-        for name, t in (("inv_scale", inv_scale), ("found_inf", found_inf)):
-            if t is not None:
-                validate_scalar_tensor(t, name, device, op)
+        device = validate_clip_grad_norm_fused(grads, max_norm, norm_type, inv_scale, found_inf)
         return torch.empty((), dtype=torch.float32, device=device)
 
     if triton_usable():
