@@ -33,7 +33,7 @@ GpuBackend choose(const OpBackend& op, int64_t size, bool have_cuda) {
   const bool have_triton = op.triton.load() != nullptr;
   const char* name = op.name.c_str();
   if (forced == GpuBackend::Cuda) {
-    SLIMOPS_CHECK(have_cuda, name, "backend 'cuda' was requested but slimops was built without CUDA kernels");
+    SLIMOPS_CHECK(have_cuda, name, "backend 'cuda' was requested but this op has no CUDA C++ kernel in this build (not compiled, or Triton only)");
     return forced;
   }
   if (forced == GpuBackend::Triton) {

@@ -20,6 +20,22 @@ TORCH_LIBRARY(slimops, m) {
   // ((q - zero_point) * scale) in fp32, rounded once to out_dtype (float32, float16 or bfloat16).
   m.def("dequantize(Tensor q, Tensor scale, Tensor? zero_point, ScalarType out_dtype) -> Tensor");
 
+  // int8 GEMM with exact int32 accumulation and a fused epilogue, nn.Linear layout (b is [N, K]):
+  // out[m, n] = (sum_k a[m,k] b[n,k]) * a_scale[m] * b_scale[n] + bias[n] in fp32, rounded once to out_dtype.
+  m.def(
+      "int8_mm(Tensor a, Tensor b, Tensor a_scale, Tensor b_scale, Tensor? bias=None, ScalarType out_dtype=float) "
+      "-> Tensor");
+  // W8A8: x [..., K] float quantized per token (quantize_per_token), then int8_mm; returns x's dtype.
+  m.def("int8_dynamic_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor? bias=None) -> Tensor");
+  // W8A16: x [..., K] float times int8 weight [N, K] with scale [N] (per channel) or [N, G] (per group
+  // of K / G inputs), dequantized in registers; fp32 accumulation, returns x's dtype.
+  m.def("weight_int8_linear(Tensor x, Tensor weight, Tensor scale, Tensor? bias=None) -> Tensor");
+  // Dynamic float8_e4m3fn, one scale (amax / 448) per row. x [..., K] -> q [..., K], scale fp32 [..., 1].
+  m.def("quantize_fp8_per_row(Tensor x) -> (Tensor, Tensor)");
+  // fp8 W8A8: x quantized per row (quantize_fp8_per_row) times an e4m3 weight [N, K] with per-row
+  // scales, through torch._scaled_mm; K and N multiples of 16. Returns x's dtype.
+  m.def("fp8_dynamic_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor? bias=None) -> Tensor");
+
   // sum(|x|^p) over every element of every tensor (max|x| for p = inf) in fp32, then the p-th root
   // unless root=False: a 0-d fp32 tensor. Mixed shapes and dtypes, one device.
   m.def("multi_tensor_norm(Tensor[] tensors, float norm_type, bool root=True) -> Tensor");

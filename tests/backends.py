@@ -29,7 +29,13 @@ _TRITON_FAMILY = {
     "multi_tensor_norm": "clip",
     "multi_tensor_scale_": "clip",
     "clip_grad_norm_fused_": "clip",
+    "int8_mm": "int8_mm",
+    "weight_int8_linear": "weight_int8",
+    "quantize_fp8_per_row": "fp8",
 }
+
+# Ops whose only GPU implementation is Triton: the "cuda" impl does not exist for them.
+TRITON_ONLY = {"int8_mm", "quantize_fp8_per_row"}
 
 
 @dataclass

@@ -37,6 +37,9 @@ RULES: dict[str, int | None] = {
     "multi_tensor_norm": None,
     "multi_tensor_scale_": None,
     "clip_grad_norm_fused_": None,
+    # Matmul rules count M, the activation rows: the CUDA C++ decode kernel
+    # below it, Triton from it up (DESIGN.md: CUDA C++ for M <= 16).
+    "weight_int8_linear": 17,
 }
 
 

@@ -5,13 +5,25 @@ it is imported by ``import slimops``.
 """
 
 from slimops.ops.clip import clip_grad_norm_fused_, multi_tensor_norm, multi_tensor_scale_
+from slimops.ops.quant_mm import (
+    fp8_dynamic_linear,
+    int8_dynamic_linear,
+    int8_mm,
+    quantize_fp8_per_row,
+    weight_int8_linear,
+)
 from slimops.ops.quantize import dequantize, quantize_per_channel, quantize_per_token
 
 __all__ = [
     "clip_grad_norm_fused_",
     "dequantize",
+    "fp8_dynamic_linear",
+    "int8_dynamic_linear",
+    "int8_mm",
     "multi_tensor_norm",
     "multi_tensor_scale_",
+    "quantize_fp8_per_row",
     "quantize_per_channel",
     "quantize_per_token",
+    "weight_int8_linear",
 ]

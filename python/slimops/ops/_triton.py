@@ -13,7 +13,6 @@ from collections.abc import Callable
 import torch
 
 from slimops import _build
-from slimops.backend import choose
 
 
 def triton_usable() -> bool:
@@ -22,15 +21,19 @@ def triton_usable() -> bool:
 
 def _behind_choice(name: str, fn: Callable) -> Callable:
     def run(*args):
-        choose(name, 0)  # raises if "cuda" is forced; only Triton is there to pick
+        _build._C._choose(name, 0, False)  # raises if "cuda" is forced; only Triton is there to pick
         return fn(*args)
 
     return run
 
 
-def register_triton(impls: dict[str, Callable]) -> None:
-    """Register ``{op name: Triton launcher}`` with the backend choice."""
+def register_triton(impls: dict[str, Callable], *, cuda_cpp: bool = True) -> None:
+    """Register ``{op name: Triton launcher}`` with the backend choice.
+
+    ``cuda_cpp=False`` marks ops that have no CUDA C++ kernel at all (Triton is
+    their only GPU implementation), so Python registers their CUDA key.
+    """
     for name, fn in impls.items():
         _build._C._set_triton_impl(name, fn)
-        if not _build.HAS_CUDA_KERNELS:
+        if not (cuda_cpp and _build.HAS_CUDA_KERNELS):
             torch.library.register_kernel(f"slimops::{name}", "cuda", _behind_choice(name, fn))

@@ -1,0 +1,53 @@
+// Quantized matmul family: argument validation and launcher declarations.
+//
+// Semantics are defined by python/slimops/reference/quant_mm.py. Weights use
+// the nn.Linear layout [N, K] (out_features, in_features): y = x W^T.
+// The validate_* functions mirror python/slimops/ops/_checks_quant_mm.py.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+
+#include "checks.h"
+
+namespace slimops {
+
+struct MatmulGeometry {
+  int64_t m = 0;       // rows of the activation (product of its leading dims)
+  int64_t n = 0;       // out_features
+  int64_t k = 0;       // in_features
+  int64_t groups = 1;  // weight scales per output row (weight_int8_linear); group_size = k / groups
+};
+
+// int8_mm: a int8 [M, K], b int8 [N, K], a_scale fp32 [M] or [M, 1], b_scale
+// fp32 [N] or [N, 1], bias float [N] or none, out_dtype float32/float16/bfloat16.
+MatmulGeometry validate_int8_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& a_scale,
+                                const at::Tensor& b_scale, const std::optional<at::Tensor>& bias,
+                                c10::ScalarType out_dtype);
+
+// weight_int8_linear: x float [..., K], weight int8 [N, K], scale float [N]
+// or [N, G] with K % G == 0, bias float [N] or none.
+MatmulGeometry validate_weight_int8_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                                           const std::optional<at::Tensor>& bias);
+
+// quantize_fp8_per_row: x float [..., K]. Returns {rows, K}.
+std::tuple<int64_t, int64_t> validate_quantize_fp8_per_row(const at::Tensor& x);
+
+// ---------------------------------------------------------------- CPU
+at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& a_scale,
+                       const at::Tensor& b_scale, const std::optional<at::Tensor>& bias, c10::ScalarType out_dtype);
+at::Tensor weight_int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                                  const std::optional<at::Tensor>& bias);
+std::tuple<at::Tensor, at::Tensor> quantize_fp8_per_row_cpu(const at::Tensor& x);
+
+// ---------------------------------------------------------------- CUDA
+#ifdef SLIMOPS_WITH_CUDA
+// Weight-only int8 for decode-sized batches (memory bound, GEMV-like). Correct
+// for every M; the backend rules send it only the small M where it wins.
+at::Tensor weight_int8_linear_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                                   const std::optional<at::Tensor>& bias);
+#endif
+
+}  // namespace slimops
