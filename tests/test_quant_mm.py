@@ -1,0 +1,283 @@
+"""Quantized matmul: every implementation against the reference.
+
+int8_mm's accumulation must be exact (compared with integer matmul and
+torch._int_mm); its fp32 epilogue and the W8A16 / fp8 paths are held to the
+float64 reference within the roundings each kernel is allowed. Outputs are
+poisoned (``poison_empty``), so an element a kernel forgot to write fails.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slimops import reference as ref
+from slimops.reference.quant_mm import expand_group_scale
+from tests.backends import IMPLS, TRITON_ONLY, get_impl, random_rows, skip_unsupported
+
+pytestmark = pytest.mark.usefixtures("poison_empty")
+
+EPS = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}  # half an ulp, relative
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request):
+    return get_impl(request.param)
+
+
+def _skip_missing(impl, op):
+    if impl.name == "cuda" and op in TRITON_ONLY:
+        pytest.skip(f"{op} has no CUDA C++ kernel (Triton only, DESIGN.md)")
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def _int8(shape, seed, *, layout="contiguous"):
+    g = _gen(seed)
+    v = torch.randint(-127, 128, shape, generator=g, dtype=torch.int8)
+    if layout == "transposed":
+        return v.t().contiguous().t()
+    if layout == "stepped":  # last-dim stride 2, inside a wider buffer
+        wide = torch.randint(-127, 128, (shape[0], 2 * shape[1]), generator=g, dtype=torch.int8)
+        wide[:, ::2] = v
+        return wide[:, ::2]
+    return v
+
+
+def _scales(n, seed, shape=None):
+    """Positive scales over 2^-12 .. 2^-4, never zero: products of two stay inside fp16's range."""
+    g = _gen(seed)
+    return torch.exp2(torch.empty(n).uniform_(-12, -4, generator=g)).reshape(shape or (n,))
+
+
+def assert_within(got, exact, bound, what):
+    """|got - exact| <= bound elementwise (float64), with the worst element in the message."""
+    err = (got.double().cpu() - exact) .abs()
+    bad = ~(err <= bound)
+    if bad.any():
+        i = bad.flatten().nonzero()[0].item()
+        raise AssertionError(
+            f"{what}: {bad.sum().item()} of {bad.numel()} elements out of bound; e.g. flat index {i}: "
+            f"got {got.flatten()[i].item()}, exact {exact.flatten()[i].item()}, bound {bound.flatten()[i].item()}"
+        )
+
+
+# ---------------------------------------------------------------- int8_mm
+
+INT8_SHAPES = [(m, 17, 37) for m in range(1, 18)] + [(123, 33, 100), (5, 1, 1), (1, 5, 16), (7, 769, 64), (3, 4, 0)]
+
+
+@pytest.mark.parametrize("m,n,k", INT8_SHAPES)
+def test_int8_mm_accumulation_is_exact(impl, m, n, k):
+    """Unit scales and fp32 output: the result is the integer dot product, to the last bit."""
+    _skip_missing(impl, "int8_mm")
+    a, b = _int8((m, k), seed=m * 31 + k), _int8((n, k), seed=n * 17 + k + 1)
+    ones_m, ones_n = torch.ones(m, 1), torch.ones(n)
+    out = impl.int8_mm(a.to(impl.device), b.to(impl.device), ones_m.to(impl.device), ones_n.to(impl.device),
+                       None, torch.float32)
+    exact = (a.long() @ b.long().t()).double()  # |acc| <= 127^2 * 100 < 2^24: exact in fp32
+    assert out.shape == (m, n) and out.dtype == torch.float32
+    assert torch.equal(out.cpu().double(), exact)
+
+
+def test_int8_mm_matches_torch_int_mm_on_cpu(impl):
+    """torch._int_mm (CPU) as an independent check of the int32 accumulation, K large enough to pass 2^24."""
+    _skip_missing(impl, "int8_mm")
+    a, b = _int8((32, 2048), seed=3), _int8((48, 2048), seed=4)
+    want = torch._int_mm(a, b.t().contiguous())
+    ones = torch.ones(32).to(impl.device), torch.ones(48).to(impl.device)
+    # fp32 holds integers exactly below 2^24; above, compare against the once-rounded int32 result.
+    out = impl.int8_mm(a.to(impl.device), b.to(impl.device), *ones, None, torch.float32)
+    assert torch.equal(out.cpu(), want.float())
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bias_dtype", [None, torch.float32, torch.float16])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "stepped"])
+@pytest.mark.parametrize("m,n,k", [(1, 17, 64), (5, 33, 37), (17, 5, 100), (123, 17, 16)])
+def test_int8_mm_epilogue(impl, m, n, k, layout, bias_dtype, out_dtype):
+    _skip_missing(impl, "int8_mm")
+    skip_unsupported(impl, out_dtype)
+    a = _int8((m, k), seed=m + 100 * k, layout=layout)
+    b = _int8((n, k), seed=n + 7, layout="transposed" if layout == "stepped" else "contiguous")
+    a_scale, b_scale = _scales(m, 1, (m, 1)), _scales(n, 2)
+    bias = None if bias_dtype is None else (torch.randn(n, generator=_gen(5)) * 100).to(bias_dtype)
+    dev = impl.device
+    out = impl.int8_mm(a.to(dev), b.to(dev), a_scale.to(dev), b_scale.to(dev),
+                       None if bias is None else bias.to(dev), out_dtype)
+    assert out.shape == (m, n) and out.dtype == out_dtype and out.is_contiguous()
+    exact = ref.int8_mm(a, b, a_scale, b_scale, bias, torch.float64)
+    product = (a.long() @ b.long().t()).double().abs() * a_scale.double() * b_scale.double()
+    bias_mag = 0 if bias is None else bias.double().abs()
+    # fp32 epilogue: the acc conversion, two products and the bias add round once each;
+    # then one rounding to the output dtype (and fp16's subnormal spacing).
+    bound = 4 * EPS[torch.float32] * (product + bias_mag) * 1.01 + EPS[out_dtype] * exact.abs() * 1.01 + 2.0**-24
+    assert_within(out, exact, bound, f"int8_mm {m}x{n}x{k} {layout}")
+
+
+# ---------------------------------------------------------------- weight_int8_linear
+
+W8A16_CASES = (
+    [((m, 64), 17, None) for m in range(1, 18)]
+    + [((m, 96), 33, 32) for m in (1, 5, 16, 17)]
+    + [((2, 3, 37), 5, None), ((4, 128), 1, 64), ((123, 64), 17, 16), ((9, 256), 769, 128), ((3, 64), 6, 64)]
+)
+
+
+def _w8a16_bound(x, w, s_full, exact, x_dtype):
+    # The dequantized weight may be rounded to x's dtype before the dot (|w s| rel. error EPS),
+    # products and sums accumulate in fp32 over K terms; then one output rounding.
+    mag = x.double().abs() @ (w.double().abs() * s_full.double().abs()).t()
+    k = x.shape[-1]
+    acc_eps = 2 * EPS[x_dtype] + (k + 2) * EPS[torch.float32]
+    return acc_eps * mag * 1.01 + EPS[x_dtype] * exact.abs() * 1.01 + 2.0**-24
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("xshape,n,group_size", W8A16_CASES)
+def test_weight_int8_linear(impl, xshape, n, group_size, x_dtype):
+    skip_unsupported(impl, x_dtype)
+    k = xshape[-1]
+    # x spans 6 decades per row; 2^-8 keeps K=256 sums inside fp16's range (exact scaling).
+    x = random_rows(xshape, x_dtype, "cpu", seed=n * 13 + k) * 2**-8
+    w = _int8((n, k), seed=n + k)
+    groups = 1 if group_size is None else k // group_size
+    scale = _scales(n * groups, 9, (n, groups) if group_size else (n,)) 
+    bias = (torch.randn(n, generator=_gen(8))).to(x_dtype)
+    dev = impl.device
+    out = impl.weight_int8_linear(x.to(dev), w.to(dev), scale.to(dev), bias.to(dev))
+    assert out.shape == (*xshape[:-1], n) and out.dtype == x_dtype and out.is_contiguous()
+    exact = ref.weight_int8_linear(x.double(), w, scale.double(), bias.double())
+    s_full = expand_group_scale(scale, k)
+    bound = _w8a16_bound(x, w, s_full, exact, x_dtype) + EPS[x_dtype] * bias.double().abs()
+    assert_within(out, exact, bound, f"weight_int8_linear {xshape} N={n} gs={group_size}")
+
+
+@pytest.mark.parametrize("layout", ["sliced", "transposed", "stepped"])
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.float16])
+def test_weight_int8_linear_strided_inputs(impl, layout, scale_dtype):
+    x = random_rows((7, 64), torch.float16, "cpu", seed=1, layout=layout)
+    w = _int8((33, 64), seed=2, layout="transposed")  # a non-contiguous weight works too
+    scale = _scales(33 * 2, 3, (33, 2)).to(scale_dtype)
+    dev = impl.device
+    out = impl.weight_int8_linear(x.to(dev), w.to(dev), scale.to(dev), None)
+    exact = ref.weight_int8_linear(x.double(), w, scale.double())
+    bound = _w8a16_bound(x, w, expand_group_scale(scale, 64), exact, torch.float16)
+    assert_within(out, exact, bound, f"weight_int8_linear strided {layout}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 8, 15, 16, 17, 33])
+@pytest.mark.parametrize("group_size", [None, 128])
+def test_weight_int8_linear_decode_shapes_gpu(m, group_size):
+    """Both GPU backends on a Llama-sized weight, bf16: the decode kernel's whole-warp paths."""
+    import slimops
+
+    k, n = 4096, 1000  # n not a multiple of the CUDA kernel's rows per block
+    x = (torch.randn(m, k, generator=_gen(m)) * 0.5).to(torch.bfloat16)
+    w = _int8((n, k), seed=m + 1)
+    groups = 1 if group_size is None else k // group_size
+    scale = _scales(n * groups, 4, (n, groups) if group_size else (n,))
+    exact = ref.weight_int8_linear(x.double(), w, scale.double())
+    bound = _w8a16_bound(x, w, expand_group_scale(scale, k), exact, torch.bfloat16)
+    for backend in slimops.backend.built_gpu_backends():
+        with slimops.use_backend(backend):
+            out = slimops.ops.weight_int8_linear(x.cuda(), w.cuda(), scale.cuda())
+        assert_within(out, exact, bound, f"weight_int8_linear {backend} M={m}")
+
+
+# ---------------------------------------------------------------- quantize_fp8_per_row
+
+FP8_SHAPES = [(1, 1), (1, 5), (5, 17), (17, 123), (3, 5, 769), (2, 4097), (123,)]
+
+
+def assert_fp8_exact(x, q, scale):
+    rq, rs = ref.quantize_fp8_per_row(x.cpu())
+    assert q.dtype == torch.float8_e4m3fn and scale.dtype == torch.float32
+    assert q.shape == x.shape and scale.shape == (*x.shape[:-1], 1)
+    torch.testing.assert_close(scale.cpu(), rs, rtol=0, atol=0, equal_nan=True)
+    diff = (q.cpu().view(torch.uint8) != rq.view(torch.uint8)).sum().item()
+    assert diff == 0, f"{diff} fp8 values differ from the reference"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", FP8_SHAPES)
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "stepped"])
+def test_quantize_fp8_per_row_matches_reference(impl, shape, dtype, layout):
+    _skip_missing(impl, "quantize_fp8_per_row")
+    skip_unsupported(impl, dtype)
+    if len(shape) == 1 and layout != "contiguous":
+        pytest.skip("1-D input has one layout")
+    x = random_rows(shape, dtype, impl.device, seed=hash((shape, layout)) % 2**31, layout=layout)
+    q, scale = impl.quantize_fp8_per_row(x)
+    assert_fp8_exact(x, q, scale)
+    # and the reference is a correct e4m3 rounding of x / scale (float64 check)
+    v = (x.cpu().double() / scale.cpu().double()).clamp(-448, 448)
+    err = (q.cpu().double() - v).abs()
+    assert (err <= v.abs() * 2.0**-4 + 2.0**-10).all()  # half an e4m3 ulp (3 mantissa bits), subnormal 2^-9 spacing
+
+
+def test_quantize_fp8_per_row_special_rows(impl):
+    _skip_missing(impl, "quantize_fp8_per_row")
+    g = _gen(11)
+    x = torch.randn(8, 40, generator=g)
+    x[0] = 0.0  # zero row: scale 1, q 0
+    x[1, 3] = float("inf")
+    x[2, 7] = float("nan")
+    x[3] *= 1e30
+    x[4] *= 1e-30  # amax / 448 is subnormal but not 0
+    x[5] = 1e-44  # amax / 448 underflows to 0: scale 1
+    x[6, :] = torch.tensor([448.0 * (1 + i / 64) for i in range(40)])  # exact ties of the e4m3 grid
+    q, scale = impl.quantize_fp8_per_row(x.to(impl.device))
+    assert_fp8_exact(x, q, scale)
+    assert scale[0].item() == 1 and scale[5].item() == 1
+    assert scale[1].item() == float("inf") and scale[2].item() == float("inf")
+    assert (q[1:3].cpu().float() == 0).all()
+
+
+# ---------------------------------------------------------------- the composed linears
+
+LINEAR_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("device", LINEAR_DEVICES)
+@pytest.mark.parametrize("xshape", [(m, 64) for m in range(1, 18)] + [(2, 3, 37), (123, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_dynamic_linear(device, xshape, dtype):
+    k, n = xshape[-1], 17
+    x = random_rows(xshape, dtype, "cpu", seed=len(xshape) * 100 + xshape[0])
+    w, w_scale, _ = ref.quantize_per_channel(torch.randn(n, k, generator=_gen(n)), 0)
+    bias = torch.randn(n, generator=_gen(1)).to(dtype)
+    out = torch.ops.slimops.int8_dynamic_linear(x.to(device), w.to(device), w_scale.to(device), bias.to(device))
+    assert out.shape == (*xshape[:-1], n) and out.dtype == dtype
+    # The activation quantization is bit-exact, so the only slack is int8_mm's epilogue.
+    q, s = ref.quantize_per_token(x)
+    exact = ref.int8_mm(q.reshape(-1, k), w, s.reshape(-1, 1), w_scale, bias, torch.float64).reshape(out.shape)
+    product = (q.reshape(-1, k).long() @ w.long().t()).double().abs() * s.reshape(-1, 1).double() * w_scale.reshape(
+        1, -1
+    ).double()
+    bound = 4 * EPS[torch.float32] * (product.reshape(out.shape) + bias.double().abs()) * 1.01
+    bound = bound + EPS[dtype] * exact.abs() * 1.01 + 2.0**-24
+    assert_within(out, exact, bound, f"int8_dynamic_linear {xshape} {dtype}")
+
+
+@pytest.mark.parametrize("device", LINEAR_DEVICES)
+@pytest.mark.parametrize("xshape", [(1, 64), (5, 32), (17, 16), (2, 3, 48)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp8_dynamic_linear(device, xshape, dtype):
+    k, n = xshape[-1], 32
+    x = random_rows(xshape, dtype, "cpu", seed=xshape[0])
+    w, w_scale = ref.quantize_fp8_per_row(torch.randn(n, k, generator=_gen(2)))
+    bias = torch.randn(n, generator=_gen(3)).to(dtype)
+    out = torch.ops.slimops.fp8_dynamic_linear(x.to(device), w.to(device), w_scale.to(device), bias.to(device))
+    assert out.shape == (*xshape[:-1], n) and out.dtype == dtype
+    exact = ref.fp8_dynamic_linear(x.double(), w, w_scale.double(), bias.double())
+    q, s = ref.quantize_fp8_per_row(x)
+    mag = (q.reshape(-1, k).double().abs() @ w.double().abs().t()) * s.reshape(-1, 1).double() * w_scale.reshape(1, -1).double()
+    # The GEMM writes bf16 (cuBLAS rowwise scaling), with a bf16 bias: two bf16 roundings,
+    # then x's dtype; fp32 accumulation of K products.
+    bound = (2 * EPS[torch.bfloat16] + (k + 2) * EPS[torch.float32]) * (mag.reshape(out.shape) + bias.double().abs())
+    bound = bound * 1.01 + EPS[dtype] * exact.abs() + 2.0**-24
+    assert_within(out, exact, bound, f"fp8_dynamic_linear {xshape} {dtype}")
