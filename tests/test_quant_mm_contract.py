@@ -1,0 +1,233 @@
+"""The op contract of the quantized matmul family: opcheck, torch.compile, CUDA graphs and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import slimops
+from slimops import reference as ref
+from slimops.ops import quant_mm as qmm
+from tests.backends import IMPLS, TRITON_ONLY, _interp, get_impl, random_rows
+
+OPS = torch.ops.slimops
+
+
+def _weights(n, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g)
+    wi, wi_scale, _ = ref.quantize_per_channel(w, 0)
+    wf, wf_scale = ref.quantize_fp8_per_row(w)
+    return wi, wi_scale, wf, wf_scale
+
+
+def _sample_args(device):
+    x = random_rows((5, 64), torch.float32, "cpu", seed=1)
+    wi, wi_s, wf, wf_s = _weights(32, 64)
+    q, s = ref.quantize_per_token(x)
+    bias = torch.randn(32)
+    group_scale = torch.rand(32, 4) * 0.01 + 1e-3
+    d = lambda t: t.to(device)  # noqa: E731
+    return [
+        (OPS.int8_mm.default, (d(q), d(wi), d(s), d(wi_s), d(bias), torch.float16)),
+        (OPS.int8_mm.default, (d(q[:, ::2]), d(wi[:, ::2]), d(s.flatten()), d(wi_s), None, torch.float32)),
+        (OPS.weight_int8_linear.default, (d(x), d(wi), d(wi_s.flatten()), d(bias))),
+        (OPS.weight_int8_linear.default, (d(x.reshape(5, 1, 64).half()), d(wi), d(group_scale), None)),
+        (OPS.quantize_fp8_per_row.default, (d(x),)),
+        (OPS.int8_dynamic_linear.default, (d(x), d(wi), d(wi_s), d(bias))),
+        (OPS.fp8_dynamic_linear.default, (d(x.to(torch.bfloat16)), d(wf), d(wf_s), None)),
+    ]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_opcheck(device):
+    backends = [None] if device == "cpu" else list(slimops.backend.built_gpu_backends())
+    for backend in backends:
+        with slimops.use_backend(backend):
+            for op, args in _sample_args(device):
+                if backend == "cuda" and op._schema.name.split("::")[1] in TRITON_ONLY:
+                    continue
+                torch.library.opcheck(op, args, test_utils=_test_utils(op))
+
+
+def _test_utils(op):
+    # opcheck's test_schema compares tensors with arithmetic that CPU fp8 lacks
+    # ("mul_cpu_reduced_float" not implemented for Float8_e4m3fn); the other checks run.
+    if op in (OPS.quantize_fp8_per_row.default, OPS.fp8_dynamic_linear.default):
+        return ("test_faketensor", "test_autograd_registration", "test_aot_dispatch_dynamic")
+    return ("test_schema", "test_faketensor", "test_autograd_registration", "test_aot_dispatch_dynamic")
+
+
+# Under the interpreter the Triton launchers run on CPU tensors, but the CPU
+# dispatch key belongs to the C++ kernels: wrap the launchers in test-only ops
+# carrying the same fakes, so launcher + fake consistency is checked too.
+if _interp:
+    from slimops.kernels import fp8 as tk_fp8
+    from slimops.kernels import int8_mm as tk_int8
+    from slimops.kernels import weight_int8 as tk_w8
+
+    @torch.library.custom_op("slimops_test::triton_int8_mm", mutates_args=())
+    def _t_int8_mm(
+        a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
+        bias: torch.Tensor | None, out_dtype: torch.dtype,
+    ) -> torch.Tensor:
+        return tk_int8.int8_mm(a, b, a_scale, b_scale, bias, out_dtype)
+
+    @torch.library.custom_op("slimops_test::triton_weight_int8_linear", mutates_args=())
+    def _t_w8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return tk_w8.weight_int8_linear(x, weight, scale, bias)
+
+    @torch.library.custom_op("slimops_test::triton_quantize_fp8_per_row", mutates_args=())
+    def _t_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return tk_fp8.quantize_fp8_per_row(x)
+
+    _t_int8_mm.register_fake(qmm._int8_mm_fake)
+    _t_w8.register_fake(qmm._weight_int8_linear_fake)
+    _t_fp8.register_fake(qmm._quantize_fp8_per_row_fake)
+
+
+@pytest.mark.skipif(not _interp, reason="needs triton and TRITON_INTERPRET=1")
+def test_opcheck_triton_launchers_under_interpreter():
+    triton_ops = {
+        OPS.int8_mm.default: torch.ops.slimops_test.triton_int8_mm.default,
+        OPS.weight_int8_linear.default: torch.ops.slimops_test.triton_weight_int8_linear.default,
+        OPS.quantize_fp8_per_row.default: torch.ops.slimops_test.triton_quantize_fp8_per_row.default,
+    }
+    for op, args in _sample_args("cpu"):
+        if op in triton_ops:
+            torch.library.opcheck(triton_ops[op], args, test_utils=_test_utils(op))
+
+
+def _pipeline(x, wi, wi_s, wf, wf_s, bias):
+    y = slimops.ops.int8_dynamic_linear(x, wi, wi_s, bias)
+    y = y + slimops.ops.weight_int8_linear(x, wi, wi_s.flatten(), bias)
+    return y + slimops.ops.fp8_dynamic_linear(x, wf, wf_s, bias)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_torch_compile_fullgraph(device):
+    torch._dynamo.reset()
+    compiled = torch.compile(_pipeline, fullgraph=True)
+    weights = [t.to(device) for t in _weights(32, 64)] + [torch.randn(32, device=device)]
+    # several batch sizes: the second shape makes dynamo go dynamic, and the fakes see symbolic M
+    for shape in [(5, 64), (17, 64), (2, 3, 64), (1, 64)]:
+        x = random_rows(shape, torch.float32, device, seed=shape[0]) * 1e-3
+        torch.testing.assert_close(compiled(x, *weights), _pipeline(x, *weights), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_cuda_graph_capture_and_replay(backend):
+    if backend not in slimops.backend.built_gpu_backends():
+        pytest.skip(f"{backend} backend not built")
+    weights = [t.cuda() for t in _weights(256, 512)] + [torch.randn(256, device="cuda")]
+    x = random_rows((16, 512), torch.bfloat16, "cuda", seed=4) * 1e-3
+    weights[-1] = weights[-1].bfloat16()
+    # Under a forced "cuda", the Triton-only ops still need Triton: force only the op that has both.
+    with slimops.use_backend(backend if backend == "triton" else None):
+        _pipeline(x, *weights)  # warm up: Triton compiles and autotunes outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = _pipeline(x, *weights)
+    x.copy_(random_rows((16, 512), torch.bfloat16, "cuda", seed=5) * 1e-3)
+    graph.replay()
+    torch.cuda.synchronize()
+    with slimops.use_backend(backend if backend == "triton" else None):
+        torch.testing.assert_close(out, _pipeline(x, *weights), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------- bad input
+
+
+def _bad_inputs(device):
+    d = lambda t: t.to(device)  # noqa: E731
+    a, b = d(torch.randint(-127, 128, (4, 8), dtype=torch.int8)), d(torch.randint(-127, 128, (6, 8), dtype=torch.int8))
+    sa, sb = d(torch.rand(4)), d(torch.rand(6))
+    x = d(torch.randn(4, 8))
+    mm, w8, f8 = "int8_mm", "weight_int8_linear", "quantize_fp8_per_row"
+    return [
+        (mm, (a.float(), b, sa, sb, None, torch.float32), "a must be"),
+        (mm, (a, b.float(), sa, sb, None, torch.float32), "b must be"),
+        (mm, (a.reshape(2, 2, 8), b, sa, sb, None, torch.float32), "a must be 2-D"),
+        (mm, (a, b[:, :5], sa, sb, None, torch.float32), "mismatched K"),
+        (mm, (a, b, sa[:3], sb, None, torch.float32), r"a_scale must have shape \[4\] or \[4, 1\]"),
+        (mm, (a, b, sa.half(), sb, None, torch.float32), "a_scale must be"),
+        (mm, (a, b, sa, sb.reshape(2, 3), None, torch.float32), r"b_scale must have shape \[6\] or \[6, 1\]"),
+        (mm, (a, b, sa, sb, d(torch.rand(5)), torch.float32), r"bias must have shape \[6\]"),
+        (mm, (a, b, sa, sb, d(torch.rand(6)).int(), torch.float32), "bias must be float32, float16 or bfloat16"),
+        (mm, (a, b, sa, sb, None, torch.int32), "out_dtype must be float32, float16 or bfloat16"),
+        (w8, (a, b, sb, None), "x must be float32, float16 or bfloat16"),
+        (w8, (x, b.float(), sb, None), "weight must be"),
+        (w8, (x, b[:, :5], sb, None), "mismatched K"),
+        (w8, (x, b, d(torch.rand(6, 3)), None), "3 groups per row, which must divide K = 8"),
+        (w8, (x, b, d(torch.rand(7)), None), r"scale must be \[6\] \(per channel\) or \[6, groups\]"),
+        (w8, (x, b, d(torch.ones(6, dtype=torch.int32)), None), "scale must be float32, float16 or bfloat16"),
+        (w8, (x, b, sb, d(torch.rand(6, 1))), r"bias must have shape \[6\]"),
+        (f8, (a,), "x must be float32, float16 or bfloat16"),
+        (f8, (d(torch.tensor(1.0)),), "x must have at least 1 dimension"),
+        (f8, (d(torch.randn(3, 0)),), "x must have a non-empty last dimension"),
+    ]
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request):
+    return get_impl(request.param)
+
+
+def test_bad_input_gets_a_clear_error(impl):
+    for name, args, pattern in _bad_inputs(impl.device):
+        if impl.name == "cuda" and name in TRITON_ONLY:
+            continue
+        with pytest.raises((RuntimeError, ValueError), match=pattern):
+            getattr(impl, name)(*args)
+        with pytest.raises((RuntimeError, ValueError), match=f"slimops.{name}"):
+            getattr(impl, name)(*args)
+
+
+def test_bad_input_under_fake_tensors():
+    """torch.compile sees the same errors: the fakes run the same checks."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    cpu = get_impl("cpu")
+    for name, args, pattern in _bad_inputs("cpu"):
+        with FakeTensorMode() as mode:
+            fargs = tuple(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args)
+            with pytest.raises((RuntimeError, ValueError), match=pattern):
+                getattr(cpu, name)(*fargs)
+
+
+def _bad_linears():
+    x = torch.randn(4, 32)
+    wi, wi_s, wf, wf_s = _weights(32, 32)
+    i8, f8 = OPS.int8_dynamic_linear, OPS.fp8_dynamic_linear
+    return [
+        (i8, (x.int(), wi, wi_s, None), "x must be float32, float16 or bfloat16"),
+        (i8, (x, wi.float(), wi_s, None), "weight must be"),
+        (i8, (x, wi[:, :16], wi_s, None), "mismatched K"),
+        (i8, (x, wi, wi_s[:5], None), r"weight_scale must have shape \[32\]|weight_scale must be float32 with one"),
+        (i8, (x, wi, wi_s.half(), None), "weight_scale must be"),
+        (f8, (x, wi, wi_s, None), "weight must be"),
+        (f8, (x[:, :24], wf[:, :24], wf_s, None), "multiple of 16"),
+        (f8, (x, wf[:24], wf_s[:24], None), "multiple of 16"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_bad_linears())))
+def test_bad_input_to_the_dynamic_linears(case):
+    op, args, pattern = _bad_linears()[case]
+    with pytest.raises((RuntimeError, ValueError), match=pattern):
+        op(*args)
+
+
+@pytest.mark.gpu
+def test_mixed_devices_are_rejected():
+    a = torch.randint(-127, 128, (4, 8), dtype=torch.int8, device="cuda")
+    with pytest.raises(RuntimeError, match="a and b must be on the same device"):
+        slimops.ops.int8_mm(a, a.cpu(), torch.rand(4, device="cuda"), torch.rand(4, device="cuda"))
+    x = torch.randn(4, 8, device="cuda")
+    for backend in slimops.backend.built_gpu_backends():
+        with slimops.use_backend(backend), pytest.raises(RuntimeError, match="x and scale must be on the same device"):
+            slimops.ops.weight_int8_linear(x, a, torch.rand(4))
+    with pytest.raises(RuntimeError, match="x and weight must be on the same device"):
+        slimops.ops.int8_dynamic_linear(x, a.cpu(), torch.rand(4, device="cuda"))
