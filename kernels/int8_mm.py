@@ -62,6 +62,9 @@ import triton.language as tl
 from slimops.ops._checks_quant_mm import validate_int8_mm
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# SLIMOPS_TRITON_AUTOTUNE=0 takes each M bucket's first candidate instead of
+# timing them all: GPU tests set it, so they compile one config per bucket.
+NO_AUTOTUNE = os.environ.get("SLIMOPS_TRITON_AUTOTUNE") == "0"
 
 # Row tiles per swizzle group (L2 reuse of the B tiles across neighbouring programs).
 _GROUP_M = 8
@@ -178,7 +181,7 @@ def _int8_mm_kernel(
 
 _even_k = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 
-if _INTERPRET:
+if _INTERPRET or NO_AUTOTUNE:
     _int8_mm = _even_k(_int8_mm_kernel)
 else:
     _int8_mm = triton.autotune(
@@ -221,7 +224,13 @@ def int8_mm(
     def grid(meta):
         return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
-    meta = dict(_INTERPRET_META, num_warps=4, num_stages=1) if _INTERPRET else {}
+    if _INTERPRET:
+        meta = dict(_INTERPRET_META, num_warps=4, num_stages=1)
+    elif NO_AUTOTUNE:
+        cfg = next(c for c, lo, hi in _CONFIG_TABLE if lo <= _m_bucket(m) <= hi)
+        meta = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    else:
+        meta = {}
     guard = torch.cuda.device(a.device) if a.is_cuda else contextlib.nullcontext()
     with guard:
         _int8_mm[grid](

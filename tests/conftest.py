@@ -15,6 +15,11 @@ if not torch.cuda.is_available():
 
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
+# On a GPU, tests take each Triton GEMM's first config per shape bucket rather
+# than autotuning every shape they try (minutes of compiling and timing);
+# `slimops bench` autotunes.
+os.environ.setdefault("SLIMOPS_TRITON_AUTOTUNE", "0")
+
 
 def pytest_collection_modifyitems(config, items):
     # `-m gpu` on a machine without a device reports these as skipped with the

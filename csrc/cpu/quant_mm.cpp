@@ -8,6 +8,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/add.h>
@@ -106,6 +107,9 @@ at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tenso
 at::Tensor weight_int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                                   const std::optional<at::Tensor>& bias) {
   const MatmulGeometry g = validate_weight_int8_linear(x, weight, scale, bias);
+  // The op has no autograd formula; ATen's mm_out below refuses inputs that
+  // require grad unless the autograd keys are skipped, as inside any kernel.
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = g.n;
   if (g.m == 0 || g.n == 0) return at::empty(out_shape, x.options());

@@ -19,6 +19,17 @@ from slimops.backend import use_backend
 from slimops import amp  # noqa: F401  (slimops.amp.unscale_clip_grad_norm_)
 from slimops.clip import clip_grad_norm_, clip_grad_value_, install, uninstall
 from slimops.conversion import ConversionSummary, HalfConfig, convert
+from slimops.quant import (
+    Fp8DynamicConfig,
+    Int8DynamicConfig,
+    Int8StaticConfig,
+    Int8WeightOnlyConfig,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    PercentileObserver,
+    prepare,
+)
+from slimops.serialization import load, save
 
 __version__ = "0.1.0"
 
@@ -38,12 +49,22 @@ def backends() -> dict[str, bool]:
 
 __all__ = [
     "ConversionSummary",
+    "Fp8DynamicConfig",
     "HalfConfig",
+    "Int8DynamicConfig",
+    "Int8StaticConfig",
+    "Int8WeightOnlyConfig",
+    "MinMaxObserver",
+    "MovingAverageMinMaxObserver",
+    "PercentileObserver",
     "backends",
     "clip_grad_norm_",
     "clip_grad_value_",
     "convert",
     "install",
+    "load",
+    "prepare",
+    "save",
     "uninstall",
     "use_backend",
     "__version__",
