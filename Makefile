@@ -23,7 +23,8 @@ test: install
 setup:
 	@test -x $(VPY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	@$(VPY) -c "import torch" 2>/dev/null || $(PIP) install "torch==2.13.0"
-	@$(PIP) install "triton>=3.2" "scikit-build-core>=0.10" ninja "rich>=13" numpy "pytest>=8" expecttest
+	@$(PIP) install "triton>=3.2" "scikit-build-core>=0.10" ninja "rich>=13" numpy "safetensors>=0.4" \
+		"pytest>=8" expecttest scikit-learn
 
 install: setup
 	$(PIP) install --no-build-isolation --no-deps .
