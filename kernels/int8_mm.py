@@ -196,8 +196,8 @@ def int8_mm(
     b: torch.Tensor,
     a_scale: torch.Tensor,
     b_scale: torch.Tensor,
-    bias: torch.Tensor | None,
-    out_dtype: torch.dtype,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """``(a @ b^T) * a_scale[:, None] * b_scale[None, :] + bias``, accumulated exactly in int32.
 

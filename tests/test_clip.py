@@ -96,8 +96,9 @@ def test_fused_clip_matches_reference(impl, norm_type, with_scaler, seed):
     want_total = ref.clip_grad_norm_fused_(want, max_norm, norm_type, None if inv is None else inv.cpu(), ref_found)
     torch.testing.assert_close(total.cpu(), want_total, rtol=2e-6, atol=0)
     for t, w in zip(ts, want):
-        # the coefficient comes from the kernel's own fp32 norm: allow one rounding of the dtype
-        torch.testing.assert_close(t.cpu(), w, rtol=torch.finfo(t.dtype).eps, atol=0)
+        # the coefficient comes from the kernel's own fp32 norm (held to 2e-6 above; a GPU
+        # sums in another order): that, plus one rounding of the dtype
+        torch.testing.assert_close(t.cpu(), w, rtol=torch.finfo(t.dtype).eps + 2e-6, atol=0)
     if with_scaler:
         assert found.item() == 0.0
 
@@ -196,8 +197,9 @@ def test_cuda_graph_capture_and_replay(backend):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             total = slimops.ops.clip_grad_norm_fused_(grads, 1.0, 2.0)
-    for i, g in enumerate(random_tensors(22, [torch.float32, torch.bfloat16], "cuda", n=40)):
-        grads[i].copy_(g)
+    gen = torch.Generator().manual_seed(22)
+    for g in grads:  # new values, same tensors: what a captured training step sees
+        g.copy_(torch.randn(g.shape, generator=gen).to(g.dtype))
     want = [g.cpu().clone() for g in grads]
     want_total = ref.clip_grad_norm_fused_(want, 1.0, 2.0)
     graph.replay()

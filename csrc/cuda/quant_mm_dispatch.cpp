@@ -17,9 +17,10 @@ namespace {
 at::Tensor weight_int8_linear_gpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                                   const std::optional<at::Tensor>& bias) {
   static const OpBackend& op = op_backend("weight_int8_linear");
-  // The problem size of this op's rule is M, the number of activation rows.
-  const int64_t rows = x.dim() == 0 ? 1 : x.numel() / std::max<int64_t>(x.size(-1), 1);
-  if (choose(op, rows, /*have_cuda=*/true) == GpuBackend::Triton) {
+  // Validated here, in host C++, before any .cu frame (see csrc/checks.h). The
+  // problem size of this op's rule is M, the number of activation rows.
+  const MatmulGeometry g = validate_weight_int8_linear(x, weight, scale, bias);
+  if (choose(op, g.m, /*have_cuda=*/true) == GpuBackend::Triton) {
     return call_triton<at::Tensor>(op, x, weight, scale, bias);
   }
   return weight_int8_linear_cuda(x, weight, scale, bias);

@@ -12,6 +12,7 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> quantize_per_token_gpu(const at::Tensor& x) {
   static const OpBackend& op = op_backend("quantize_per_token");
+  validate_quantize_per_token(x);  // here, in host C++, before any .cu frame (see csrc/checks.h)
   if (choose(op, x.numel(), /*have_cuda=*/true) == GpuBackend::Triton) {
     return call_triton<std::tuple<at::Tensor, at::Tensor>>(op, x);
   }
@@ -21,6 +22,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token_gpu(const at::Tensor& x) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_channel_gpu(const at::Tensor& x, int64_t axis,
                                                                         bool symmetric) {
   static const OpBackend& op = op_backend("quantize_per_channel");
+  validate_quantize_per_channel(x, axis);
   if (choose(op, x.numel(), /*have_cuda=*/true) == GpuBackend::Triton) {
     return call_triton<std::tuple<at::Tensor, at::Tensor, at::Tensor>>(op, x, axis, symmetric);
   }
@@ -30,6 +32,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_channel_gpu(const at
 at::Tensor dequantize_gpu(const at::Tensor& q, const at::Tensor& scale, const std::optional<at::Tensor>& zero_point,
                           c10::ScalarType out_dtype) {
   static const OpBackend& op = op_backend("dequantize");
+  validate_dequantize(q, scale, zero_point, out_dtype);
   if (choose(op, q.numel(), /*have_cuda=*/true) == GpuBackend::Triton) {
     return call_triton<at::Tensor>(op, q, scale, zero_point, out_dtype);
   }

@@ -27,27 +27,38 @@ def _fail(op: str, msg: str) -> str:
     return f"slimops.{op}: {msg}"
 
 
+def _check(cond, message) -> None:
+    """``torch._check`` for symbolic shapes (fakes under torch.compile), a plain ``if`` otherwise.
+
+    ``torch._check`` costs ~3 µs per call even on a plain bool; the Triton
+    launchers run a dozen checks per call, which a decode-sized GEMM cannot pay.
+    """
+    if cond is True:
+        return
+    torch._check(cond, message)
+
+
 def check_float_input(x: torch.Tensor, op: str, name: str) -> None:
-    torch._check(
+    _check(
         x.dtype in FLOAT_DTYPES,
         lambda: _fail(op, f"{name} must be float32, float16 or bfloat16, got {x.dtype}"),
     )
-    torch._check(
+    _check(
         x.layout == torch.strided,
         lambda: _fail(op, f"{name} must be a dense (strided) tensor, got layout {x.layout}"),
     )
 
 
 def check_dtype(x: torch.Tensor, want: torch.dtype, op: str, name: str) -> None:
-    torch._check(x.dtype == want, lambda: _fail(op, f"{name} must be {want}, got {x.dtype}"))
-    torch._check(
+    _check(x.dtype == want, lambda: _fail(op, f"{name} must be {want}, got {x.dtype}"))
+    _check(
         x.layout == torch.strided,
         lambda: _fail(op, f"{name} must be a dense (strided) tensor, got layout {x.layout}"),
     )
 
 
 def check_same_device(a: torch.Tensor, b: torch.Tensor, op: str, name_a: str, name_b: str) -> None:
-    torch._check(
+    _check(
         a.device == b.device,
         lambda: _fail(op, f"{name_a} and {name_b} must be on the same device, got {a.device} and {b.device}"),
     )
@@ -57,13 +68,13 @@ def validate_quantize_per_token(x: torch.Tensor) -> tuple[int, int]:
     """Returns ``(rows, K)`` for x [..., K]."""
     op = "quantize_per_token"
     check_float_input(x, op, "x")
-    torch._check(
+    _check(
         x.dim() >= 1,
         lambda: _fail(op, "x must have at least 1 dimension (rows of the last dimension), got a 0-d tensor"),
     )
     k = x.shape[-1]
     rows = math.prod(x.shape[:-1])
-    torch._check(
+    _check(
         k > 0 or rows == 0,
         lambda: _fail(op, f"x must have a non-empty last dimension, got shape {tuple(x.shape)}"),
     )
@@ -73,8 +84,8 @@ def validate_quantize_per_token(x: torch.Tensor) -> tuple[int, int]:
 def validate_quantize_per_channel(x: torch.Tensor, axis: int) -> ChannelGeometry:
     op = "quantize_per_channel"
     check_float_input(x, op, "x")
-    torch._check(x.dim() >= 1, lambda: _fail(op, "x must have at least 1 dimension, got a 0-d tensor"))
-    torch._check(
+    _check(x.dim() >= 1, lambda: _fail(op, "x must have at least 1 dimension, got a 0-d tensor"))
+    _check(
         -x.dim() <= axis < x.dim(),
         lambda: _fail(
             op, f"axis must be in [{-x.dim()}, {x.dim()}) for x of shape {tuple(x.shape)}, got {axis}"
@@ -82,7 +93,7 @@ def validate_quantize_per_channel(x: torch.Tensor, axis: int) -> ChannelGeometry
     )
     a = axis % x.dim()
     g = ChannelGeometry(math.prod(x.shape[:a]), x.shape[a], math.prod(x.shape[a + 1 :]))
-    torch._check(
+    _check(
         g.channels == 0 or g.outer * g.inner > 0,
         lambda: _fail(
             op, f"x must have at least one element per channel, got shape {tuple(x.shape)} with axis {axis}"
@@ -106,11 +117,11 @@ def validate_dequantize(
     check_dtype(q, torch.int8, op, "q")
     check_dtype(scale, torch.float32, op, "scale")
     check_same_device(q, scale, op, "q", "scale")
-    torch._check(
+    _check(
         out_dtype in FLOAT_DTYPES,
         lambda: _fail(op, f"out_dtype must be float32, float16 or bfloat16, got {out_dtype}"),
     )
-    torch._check(
+    _check(
         scale.dim() == q.dim(),
         lambda: _fail(
             op,
@@ -120,7 +131,7 @@ def validate_dequantize(
     )
     varying = []
     for d in range(q.dim()):
-        torch._check(
+        _check(
             scale.shape[d] == 1 or scale.shape[d] == q.shape[d],
             lambda: _fail(
                 op,
@@ -135,7 +146,7 @@ def validate_dequantize(
     else:
         first, last = varying[0], varying[-1]
         for d in range(first, last + 1):
-            torch._check(
+            _check(
                 scale.shape[d] == q.shape[d],
                 lambda: _fail(
                     op,
@@ -149,7 +160,7 @@ def validate_dequantize(
     if zero_point is not None:
         check_dtype(zero_point, torch.int32, op, "zero_point")
         check_same_device(q, zero_point, op, "q", "zero_point")
-        torch._check(
+        _check(
             zero_point.shape == scale.shape,
             lambda: _fail(
                 op, f"zero_point must have the shape of scale {tuple(scale.shape)}, got {tuple(zero_point.shape)}"
@@ -178,25 +189,25 @@ def is_dense(t: torch.Tensor) -> bool:
 def validate_multi_tensor(tensors: list[torch.Tensor], op: str) -> None:
     """Mirrors csrc/clip.cpp: float, strided, dense tensors on one device."""
     for i, t in enumerate(tensors):
-        torch._check(
+        _check(
             t.layout == torch.strided,
             lambda: _fail(
                 op, f"tensors[{i}] must be a dense (strided) tensor, got layout {t.layout} "
                 "(sparse gradients cannot be clipped by norm)"
             ),
         )
-        torch._check(
+        _check(
             t.dtype in FLOAT_DTYPES,
             lambda: _fail(op, f"tensors[{i}] must be float32, float16 or bfloat16, got {t.dtype}"),
         )
-        torch._check(
+        _check(
             t.layout != torch.strided or is_dense(t),
             lambda: _fail(
                 op, f"tensors[{i}] must be non-overlapping and dense (contiguous or a permutation of it), "
                 f"got strides {t.stride()} for shape {tuple(t.shape)}"
             ),
         )
-        torch._check(
+        _check(
             t.device == tensors[0].device,
             lambda: _fail(
                 op, f"tensors[{i}] is on {t.device} but tensors[0] is on {tensors[0].device}: "
@@ -206,24 +217,24 @@ def validate_multi_tensor(tensors: list[torch.Tensor], op: str) -> None:
 
 
 def validate_norm_type(norm_type: float, op: str) -> None:
-    torch._check(
+    _check(
         norm_type > 0 and not math.isnan(norm_type),
         lambda: _fail(op, f"norm_type must be > 0 (or inf), got {norm_type}"),
     )
 
 
 def validate_max_norm(max_norm: float, op: str) -> None:
-    torch._check(
+    _check(
         max_norm >= 0 and not math.isnan(max_norm), lambda: _fail(op, f"max_norm must be >= 0, got {max_norm}")
     )
 
 
 def validate_scalar_tensor(t: torch.Tensor, name: str, device: torch.device, op: str) -> None:
-    torch._check(
+    _check(
         t.dtype == torch.float32 and t.numel() == 1,
         lambda: _fail(op, f"{name} must be a one-element float32 tensor, got {t.dtype} of shape {tuple(t.shape)}"),
     )
-    torch._check(t.device == device, lambda: _fail(op, f"{name} must be on {device} with the tensors, got {t.device}"))
+    _check(t.device == device, lambda: _fail(op, f"{name} must be on {device} with the tensors, got {t.device}"))
 
 
 def validate_clip_grad_norm_fused(grads, max_norm, norm_type, inv_scale, found_inf) -> torch.device:

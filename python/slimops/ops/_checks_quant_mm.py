@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from slimops.ops._checks import FLOAT_DTYPES, _fail, check_dtype, check_float_input, check_same_device
+from slimops.ops._checks import FLOAT_DTYPES, _check, _fail, check_dtype, check_float_input, check_same_device
 
 
 class MatmulGeometry(NamedTuple):
@@ -23,7 +23,7 @@ class MatmulGeometry(NamedTuple):
 
 def _check_vector(t: torch.Tensor, length: int, op: str, name: str, what: str) -> None:
     """``t`` is ``[length]`` or ``[length, 1]``."""
-    torch._check(
+    _check(
         (t.dim() == 1 and t.shape[0] == length) or (t.dim() == 2 and t.shape[0] == length and t.shape[1] == 1),
         lambda: _fail(op, f"{name} must have shape [{length}] or [{length}, 1] ({what}), got {tuple(t.shape)}"),
     )
@@ -31,11 +31,11 @@ def _check_vector(t: torch.Tensor, length: int, op: str, name: str, what: str) -
 
 def _check_weight(weight: torch.Tensor, dtype: torch.dtype, k: int, op: str, x_name: str) -> int:
     check_dtype(weight, dtype, op, "weight")
-    torch._check(
+    _check(
         weight.dim() == 2,
         lambda: _fail(op, f"weight must be 2-D [out_features, in_features], got shape {tuple(weight.shape)}"),
     )
-    torch._check(
+    _check(
         weight.shape[1] == k,
         lambda: _fail(
             op, f"weight has in_features {weight.shape[1]} but {x_name} has K = {k} (mismatched K): "
@@ -49,21 +49,21 @@ def _check_bias(bias: torch.Tensor | None, n: int, device: torch.device, op: str
     if bias is None:
         return
     check_float_input(bias, op, "bias")
-    torch._check(
+    _check(
         bias.dim() == 1 and bias.shape[0] == n,
         lambda: _fail(op, f"bias must have shape [{n}] (out_features), got {tuple(bias.shape)}"),
     )
-    torch._check(bias.device == device, lambda: _fail(op, f"bias must be on {device}, got {bias.device}"))
+    _check(bias.device == device, lambda: _fail(op, f"bias must be on {device}, got {bias.device}"))
 
 
 def validate_int8_mm(a, b, a_scale, b_scale, bias, out_dtype) -> MatmulGeometry:
     op = "int8_mm"
     check_dtype(a, torch.int8, op, "a")
-    torch._check(a.dim() == 2, lambda: _fail(op, f"a must be 2-D [M, K], got shape {tuple(a.shape)}"))
+    _check(a.dim() == 2, lambda: _fail(op, f"a must be 2-D [M, K], got shape {tuple(a.shape)}"))
     m, k = a.shape
     check_dtype(b, torch.int8, op, "b")
-    torch._check(b.dim() == 2, lambda: _fail(op, f"b must be 2-D [N, K], got shape {tuple(b.shape)}"))
-    torch._check(
+    _check(b.dim() == 2, lambda: _fail(op, f"b must be 2-D [N, K], got shape {tuple(b.shape)}"))
+    _check(
         b.shape[1] == k,
         lambda: _fail(op, f"b has K = {b.shape[1]} but a has K = {k} (mismatched K): b must be [N, K]"),
     )
@@ -75,7 +75,7 @@ def validate_int8_mm(a, b, a_scale, b_scale, bias, out_dtype) -> MatmulGeometry:
     for name, t in (("b", b), ("a_scale", a_scale), ("b_scale", b_scale)):
         check_same_device(a, t, op, "a", name)
     _check_bias(bias, n, a.device, op)
-    torch._check(
+    _check(
         out_dtype in FLOAT_DTYPES,
         lambda: _fail(op, f"out_dtype must be float32, float16 or bfloat16, got {out_dtype}"),
     )
@@ -85,18 +85,18 @@ def validate_int8_mm(a, b, a_scale, b_scale, bias, out_dtype) -> MatmulGeometry:
 def validate_weight_int8_linear(x, weight, scale, bias) -> MatmulGeometry:
     op = "weight_int8_linear"
     check_float_input(x, op, "x")
-    torch._check(x.dim() >= 1, lambda: _fail(op, "x must have at least 1 dimension [..., K], got a 0-d tensor"))
+    _check(x.dim() >= 1, lambda: _fail(op, "x must have at least 1 dimension [..., K], got a 0-d tensor"))
     k = x.shape[-1]
     n = _check_weight(weight, torch.int8, k, op, "x")
     check_float_input(scale, op, "scale")
-    torch._check(
+    _check(
         scale.dim() in (1, 2) and scale.shape[0] == n,
         lambda: _fail(
             op, f"scale must be [{n}] (per channel) or [{n}, groups] (per group), got shape {tuple(scale.shape)}"
         ),
     )
     groups = scale.shape[1] if scale.dim() == 2 else 1
-    torch._check(
+    _check(
         groups >= 1 and k % groups == 0,
         lambda: _fail(
             op, f"scale has {groups} groups per row, which must divide K = {k} "
@@ -113,10 +113,10 @@ def validate_quantize_fp8_per_row(x) -> tuple[int, int]:
     """Returns ``(rows, K)`` for x [..., K]."""
     op = "quantize_fp8_per_row"
     check_float_input(x, op, "x")
-    torch._check(x.dim() >= 1, lambda: _fail(op, "x must have at least 1 dimension [..., K], got a 0-d tensor"))
+    _check(x.dim() >= 1, lambda: _fail(op, "x must have at least 1 dimension [..., K], got a 0-d tensor"))
     k = x.shape[-1]
     rows = math.prod(x.shape[:-1])
-    torch._check(
+    _check(
         k > 0 or rows == 0,
         lambda: _fail(op, f"x must have a non-empty last dimension, got shape {tuple(x.shape)}"),
     )

@@ -20,9 +20,11 @@ def triton_usable() -> bool:
 
 
 def _behind_choice(name: str, fn: Callable) -> Callable:
-    def run(*args):
+    # NOTE: the dispatcher leaves out trailing arguments equal to their schema
+    # defaults, so every launcher declares the schema's defaults too.
+    def run(*args, **kwargs):
         _build._C._choose(name, 0, False)  # raises if "cuda" is forced; only Triton is there to pick
-        return fn(*args)
+        return fn(*args, **kwargs)
 
     return run
 

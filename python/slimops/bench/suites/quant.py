@@ -66,12 +66,19 @@ def linear_case(op: str, m: int, k: int, n: int, *, group_size: int | None = Non
 def cases(device: str, quick: bool) -> list[Case]:
     """Llama-7B linear shapes; quick keeps the targets' shapes (GPU) or small ones (CPU)."""
     if quick and device == "cuda":
+        # Every target's shape, and decode on both MLP orientations.
         return [
             linear_case(W8A8, 4096, 4096, 11008),
+            linear_case(W8A8, 1, 4096, 11008),
             linear_case(W8A8, 16, 4096, 11008),
+            linear_case(W8A8, 128, 4096, 11008),
             linear_case(W8A16, 1, 11008, 4096),
             linear_case(W8A16, 16, 11008, 4096),
+            linear_case(W8A16, 1, 4096, 11008),
+            linear_case(W8A16, 16, 4096, 11008),
             linear_case(W8A16, 16, 11008, 4096, group_size=GROUP),
+            linear_case(W8A16, 4096, 4096, 11008),
+            linear_case(FP8, 16, 4096, 11008),
             linear_case(FP8, 4096, 4096, 11008),
         ]
     if quick:
