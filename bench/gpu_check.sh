@@ -82,14 +82,27 @@ main() {
   step info 30 "${slimops_cmd[@]}" info
   "${slimops_cmd[@]}" info --json >"$OUT/info.json" 2>/dev/null || true
 
-  # 3. GPU tests (pyproject's addopts say -m 'not gpu'; a later -m wins).
+  # 3. A failed check must raise, not crash: one bad call per backend, each in its own process.
+  local dev
+  for dev in cpu cuda; do
+    step "bad-input-$dev" 60 $PY -c "
+import torch, slimops
+try:
+    torch.ops.slimops.quantize_per_token(torch.zeros(3, 4, dtype=torch.int32, device='$dev'))
+except RuntimeError as e:
+    print('raised:', str(e).splitlines()[0])
+else:
+    raise SystemExit('no error raised')"
+  done
+
+  # 4. GPU tests (pyproject's addopts say -m 'not gpu'; a later -m wins).
   # Parallel workers share Triton's on-disk cache and spread its compiles over the cores.
   local xdist=""
   $PY -c 'import xdist' 2>/dev/null && xdist="-n 8"
   step pytest-gpu "$(min 200 $(($(left) - 150)))" \
     bash -c "set -o pipefail; $PY -m pytest -m gpu $xdist -ra -p no:cacheprovider --junitxml='$OUT/pytest-gpu.xml' $PYTEST_ARGS 2>&1 | tee '$OUT/pytest-gpu.log'"
 
-  # 4. Quick benchmarks, sharing what time is left. Each JSON is rewritten after
+  # 5. Quick benchmarks, sharing what time is left. Each JSON is rewritten after
   # every case, so a timeout still leaves the finished rows.
   local suites=($SUITES) i
   for ((i = 0; i < ${#suites[@]}; i++)); do
