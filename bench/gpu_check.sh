@@ -96,15 +96,29 @@ else:
   done
 
   # 4. GPU tests (pyproject's addopts say -m 'not gpu'; a later -m wins).
-  # Parallel workers share Triton's on-disk cache and spread its compiles over the cores.
-  local xdist=""
-  $PY -c 'import xdist' 2>/dev/null && xdist="-n 8"
-  step pytest-gpu "$(min 200 $(($(left) - 150)))" \
-    bash -c "set -o pipefail; $PY -m pytest -m gpu $xdist -ra -p no:cacheprovider --junitxml='$OUT/pytest-gpu.xml' $PYTEST_ARGS 2>&1 | tee '$OUT/pytest-gpu.log'"
+  # Which libstdc++ a process maps once pytest's plugins are loaded, and without
+  # them: on the H200 image a plugin pulls in an older copy, and any C++ error
+  # message built in slimops._C then crashed inside pytest (never in a plain process).
+  step libstdcxx 60 $PY -c "
+import pytest, _pytest.config as c
+print('plain:', sorted({l.split()[-1] for l in open('/proc/self/maps') if 'libstdc++' in l}))
+c.get_config().pluginmanager.load_setuptools_entrypoints('pytest11')
+print('with plugins:', sorted({l.split()[-1] for l in open('/proc/self/maps') if 'libstdc++' in l}))"
 
-  # 5. Quick benchmarks, sharing what time is left. Each JSON is rewritten after
-  # every case, so a timeout still leaves the finished rows.
+  # Parallel workers share Triton's on-disk cache and spread its compiles over the
+  # cores. Third-party plugins stay out (see above); xdist is loaded by name.
+  local xdist=""
+  $PY -c 'import xdist' 2>/dev/null && xdist="-p xdist.plugin -n 8"
   local suites=($SUITES) i
+  # Leave ~70 s per bench suite and 40 s for the launch-cost step.
+  step pytest-gpu "$(min 200 $(($(left) - 40 - 70 * ${#suites[@]})))" \
+    bash -c "set -o pipefail; PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $PY -m pytest -m gpu $xdist -ra -p no:cacheprovider --junitxml='$OUT/pytest-gpu.xml' $PYTEST_ARGS 2>&1 | tee '$OUT/pytest-gpu.log'"
+
+  # 5. Host launch cost against GPU time (CUDA graphs) for the decode-sized linears.
+  step launch-overhead "$(min 90 $(($(left) - 3 - 60 * ${#suites[@]})))" $PY bench/launch_overhead.py --json "$OUT/launch-overhead.json"
+
+  # 6. Quick benchmarks, sharing what time is left. Each JSON is rewritten after
+  # every case, so a timeout still leaves the finished rows.
   for ((i = 0; i < ${#suites[@]}; i++)); do
     local suite=${suites[i]} share=$(( ($(left) - 3) / (${#suites[@]} - i) ))
     local extra=()
