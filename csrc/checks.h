@@ -8,10 +8,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
-// NOTE: the CUDA-key kernels (csrc/cuda/*_dispatch.cpp) validate before calling
-// into .cu host code. On the H200 machine (torch 2.11) a failed check thrown
-// from nvcc-compiled host frames crashed the process instead of raising;
-// checking first, in g++-compiled code, keeps bad input a Python error.
+// The CUDA-key kernels (csrc/cuda/*_dispatch.cpp) validate before choosing a
+// backend, so the Triton path gets the same C++ checks and messages as CUDA C++.
 #define SLIMOPS_CHECK(cond, op, ...) TORCH_CHECK(cond, "slimops.", op, ": ", __VA_ARGS__)
 
 namespace slimops {

@@ -206,7 +206,8 @@ def test_cuda_graph_capture_and_replay(backend):
     torch.cuda.synchronize()
     torch.testing.assert_close(total.cpu(), want_total, rtol=2e-6, atol=0)
     for g, w in zip(grads, want):
-        torch.testing.assert_close(g.cpu(), w, rtol=torch.finfo(g.dtype).eps, atol=0)
+        # the replayed norm may differ from the reference's by its 2e-6 allowance (summation order)
+        torch.testing.assert_close(g.cpu(), w, rtol=torch.finfo(g.dtype).eps + 2e-6, atol=0)
 
 
 # ------------------------------------------------------------- the drop-in vs torch

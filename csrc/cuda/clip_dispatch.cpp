@@ -24,7 +24,7 @@ std::vector<at::Tensor> as_list(at::TensorList tensors) { return tensors.vec(); 
 
 at::Tensor multi_tensor_norm_gpu(at::TensorList tensors, double norm_type, bool root) {
   static const OpBackend& op = op_backend("multi_tensor_norm");
-  validate_multi_tensor(tensors, "multi_tensor_norm");  // in host C++, before any .cu frame (csrc/checks.h)
+  validate_multi_tensor(tensors, "multi_tensor_norm");  // before the choice: both backends get these checks
   validate_norm_type(norm_type, "multi_tensor_norm");
   if (choose(op, total_numel(tensors), /*have_cuda=*/true) == GpuBackend::Triton) {
     return call_triton<at::Tensor>(op, as_list(tensors), norm_type, root);

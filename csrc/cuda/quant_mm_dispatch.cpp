@@ -17,7 +17,7 @@ namespace {
 at::Tensor weight_int8_linear_gpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                                   const std::optional<at::Tensor>& bias) {
   static const OpBackend& op = op_backend("weight_int8_linear");
-  // Validated here, in host C++, before any .cu frame (see csrc/checks.h). The
+  // Validated before the choice, so both backends get these checks. The
   // problem size of this op's rule is M, the number of activation rows.
   const MatmulGeometry g = validate_weight_int8_linear(x, weight, scale, bias);
   if (choose(op, g.m, /*have_cuda=*/true) == GpuBackend::Triton) {

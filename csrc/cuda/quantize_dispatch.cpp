@@ -12,7 +12,7 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> quantize_per_token_gpu(const at::Tensor& x) {
   static const OpBackend& op = op_backend("quantize_per_token");
-  validate_quantize_per_token(x);  // here, in host C++, before any .cu frame (see csrc/checks.h)
+  validate_quantize_per_token(x);  // before the choice: both backends get these checks
   if (choose(op, x.numel(), /*have_cuda=*/true) == GpuBackend::Triton) {
     return call_triton<std::tuple<at::Tensor, at::Tensor>>(op, x);
   }
