@@ -36,6 +36,21 @@ TORCH_LIBRARY(slimops, m) {
   // scales, through torch._scaled_mm; K and N multiples of 16. Returns x's dtype.
   m.def("fp8_dynamic_linear(Tensor x, Tensor weight, Tensor weight_scale, Tensor? bias=None) -> Tensor");
 
+  // Sparse family (python/slimops/reference/sparse.py). Weights are [N, K] as in nn.Linear.
+  // y = x (W ⊙ M)^T + b with a bool mask [N, K]; fp32 accumulation, returns x's dtype.
+  m.def("masked_linear(Tensor x, Tensor weight, Tensor mask, Tensor? bias=None) -> Tensor");
+  // Backward of masked_linear: grad_x = grad (W ⊙ M); grad_W = (grad^T x) ⊙ M over all leading dims.
+  m.def("masked_linear_grad_input(Tensor grad, Tensor weight, Tensor mask) -> Tensor");
+  m.def("masked_linear_grad_weight(Tensor grad, Tensor x, Tensor mask) -> Tensor");
+  // BSR of the kept block_n x block_k tiles: (values [nnz, block_n, block_k], row_ptr int32, col_idx int32).
+  m.def("block_sparse_pack(Tensor weight, Tensor? mask, int block_n, int block_k) -> (Tensor, Tensor, Tensor)");
+  // y = x W^T + b for a packed weight, skipping the tiles that are not stored.
+  m.def("block_sparse_linear(Tensor x, Tensor values, Tensor row_ptr, Tensor col_idx, Tensor? bias=None) -> Tensor");
+  // 2:4: (values [N, K/2], meta uint8 [N, K/8]: 2-bit positions of the kept entries, 4 per byte, low bits first).
+  m.def("sparse24_compress(Tensor weight) -> (Tensor, Tensor)");
+  // y = x W^T + b for a compressed 2:4 weight (sparse tensor cores on GPU).
+  m.def("sparse24_linear(Tensor x, Tensor values, Tensor meta, Tensor? bias=None) -> Tensor");
+
   // sum(|x|^p) over every element of every tensor (max|x| for p = inf) in fp32, then the p-th root
   // unless root=False: a 0-d fp32 tensor. Mixed shapes and dtypes, one device.
   m.def("multi_tensor_norm(Tensor[] tensors, float norm_type, bool root=True) -> Tensor");

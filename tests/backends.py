@@ -32,10 +32,21 @@ _TRITON_FAMILY = {
     "int8_mm": "int8_mm",
     "weight_int8_linear": "weight_int8",
     "quantize_fp8_per_row": "fp8",
+    "masked_linear": "masked_linear",
+    "masked_linear_grad_input": "masked_linear",
+    "masked_linear_grad_weight": "masked_linear",
+    "block_sparse_linear": "block_sparse",
 }
 
 # Ops whose only GPU implementation is Triton: the "cuda" impl does not exist for them.
-TRITON_ONLY = {"int8_mm", "quantize_fp8_per_row"}
+TRITON_ONLY = {
+    "int8_mm",
+    "quantize_fp8_per_row",
+    "masked_linear",
+    "masked_linear_grad_input",
+    "masked_linear_grad_weight",
+    "block_sparse_linear",
+}
 
 
 @dataclass

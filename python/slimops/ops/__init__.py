@@ -13,13 +13,25 @@ from slimops.ops.quant_mm import (
     weight_int8_linear,
 )
 from slimops.ops.quantize import dequantize, quantize_per_channel, quantize_per_token
+from slimops.ops.sparse import (
+    block_sparse_linear,
+    block_sparse_pack,
+    masked_linear,
+    masked_linear_grad_input,
+    masked_linear_grad_weight,
+)
 
 __all__ = [
+    "block_sparse_linear",
+    "block_sparse_pack",
     "clip_grad_norm_fused_",
     "dequantize",
     "fp8_dynamic_linear",
     "int8_dynamic_linear",
     "int8_mm",
+    "masked_linear",
+    "masked_linear_grad_input",
+    "masked_linear_grad_weight",
     "multi_tensor_norm",
     "multi_tensor_scale_",
     "quantize_fp8_per_row",

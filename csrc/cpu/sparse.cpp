@@ -1,0 +1,113 @@
+// CPU kernels of the masked and block-sparse linears.
+//
+// The masked linears materialize W ⊙ M (a CPU has the memory; the GPU kernels
+// apply the mask in registers) and compute in fp32, rounded once to the
+// input's dtype as the GPU kernels do. The block-sparse linear multiplies
+// only the stored tiles, one block row per parallel task.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "sparse.h"
+
+namespace slimops {
+namespace {
+
+std::vector<int64_t> with_last(const at::Tensor& t, int64_t last) {
+  std::vector<int64_t> shape(t.sizes().begin(), t.sizes().end());
+  shape.back() = last;
+  return shape;
+}
+
+at::Tensor masked_weight_f32(const at::Tensor& weight, const at::Tensor& mask) {
+  return weight.to(at::kFloat).mul(mask);
+}
+
+at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
+                             const std::optional<at::Tensor>& bias) {
+  validate_masked_linear(x, weight, mask, bias);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel: no graph for its inner ops
+  std::optional<at::Tensor> bias_f;
+  if (bias.has_value()) bias_f = bias->to(at::kFloat);
+  return at::linear(x.to(at::kFloat), masked_weight_f32(weight, mask), bias_f).to(x.scalar_type());
+}
+
+at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& mask) {
+  validate_masked_linear_grad_input(grad, weight, mask);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return at::matmul(grad.to(at::kFloat), masked_weight_f32(weight, mask)).to(grad.scalar_type());
+}
+
+at::Tensor masked_linear_grad_weight_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mask) {
+  const MatmulGeometry g = validate_masked_linear_grad_weight(grad, x, mask);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const at::Tensor g2 = grad.reshape({g.m, g.n}).to(at::kFloat);
+  const at::Tensor x2 = x.reshape({g.m, g.k}).to(at::kFloat);
+  return at::mm(g2.t(), x2).mul_(mask).to(x.scalar_type());
+}
+
+// The index arrays come from the caller: check them here, where it is cheap,
+// so a malformed one is an error rather than an out-of-bounds read.
+void check_bsr_indices(const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t nnz, int64_t tile_cols) {
+  const char* op = "block_sparse_linear";
+  const int32_t* rp = row_ptr.data_ptr<int32_t>();
+  const int64_t rows = row_ptr.numel() - 1;
+  SLIMOPS_CHECK(rp[0] == 0 && rp[rows] == nnz, op, "row_ptr must start at 0 and end at nnz = ", nnz, ", got ", rp[0],
+                " and ", rp[rows]);
+  for (int64_t r = 0; r < rows; ++r) {
+    SLIMOPS_CHECK(rp[r] <= rp[r + 1], op, "row_ptr must be non-decreasing, got ", rp[r], " then ", rp[r + 1],
+                  " at block row ", r);
+  }
+  const int32_t* ci = col_idx.data_ptr<int32_t>();
+  for (int64_t t = 0; t < nnz; ++t) {
+    SLIMOPS_CHECK(ci[t] >= 0 && ci[t] < tile_cols, op, "col_idx[", t, "] = ", ci[t], " is outside [0, ", tile_cols,
+                  ") (K / block_k tile columns)");
+  }
+}
+
+at::Tensor block_sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
+                                   const at::Tensor& col_idx, const std::optional<at::Tensor>& bias) {
+  const MatmulGeometry g = validate_block_sparse_linear(x, values, row_ptr, col_idx, bias);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const int64_t bn = values.size(1), bk = values.size(2), rows = row_ptr.numel() - 1;
+  const at::Tensor rp = row_ptr.contiguous(), ci = col_idx.contiguous();
+  check_bsr_indices(rp, ci, values.size(0), g.k / bk);
+  const at::Tensor x2 = x.reshape({g.m, g.k}).to(at::kFloat).contiguous();
+  const at::Tensor vals = values.to(at::kFloat).contiguous();
+  // out^T [N, M]: block row r fills the contiguous rows r*bn .. r*bn + bn - 1.
+  at::Tensor out_t = at::zeros({g.n, g.m}, x2.options());
+  const int32_t* rpp = rp.data_ptr<int32_t>();
+  const int32_t* cip = ci.data_ptr<int32_t>();
+  at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      at::Tensor dst = out_t.narrow(0, r * bn, bn);
+      for (int32_t t = rpp[r]; t < rpp[r + 1]; ++t) {
+        // dst += values[t] @ x[:, tile]^T  (nested in parallel_for: one thread per GEMM)
+        dst.addmm_(vals.select(0, t), x2.narrow(1, int64_t{cip[t]} * bk, bk).t());
+      }
+    }
+  });
+  at::Tensor out = out_t.t();
+  if (bias.has_value()) out = out.add(bias->to(at::kFloat));
+  return out.to(x.scalar_type()).contiguous().reshape(with_last(x, g.n));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(slimops, CPU, m) {
+  m.impl("masked_linear", &masked_linear_cpu);
+  m.impl("masked_linear_grad_input", &masked_linear_grad_input_cpu);
+  m.impl("masked_linear_grad_weight", &masked_linear_grad_weight_cpu);
+  m.impl("block_sparse_linear", &block_sparse_linear_cpu);
+}
+
+}  // namespace slimops

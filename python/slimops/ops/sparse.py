@@ -1,0 +1,146 @@
+"""Masked and block-sparse linears: typed wrappers, fakes, autograd and GPU registration.
+
+Schemas: csrc/ops.cpp. CPU kernels: csrc/cpu/sparse.cpp; ``block_sparse_pack``
+is built from ATen ops for every device (csrc/sparse.cpp). GPU: Triton
+(kernels/masked_linear.py, kernels/block_sparse.py). Semantics:
+:mod:`slimops.reference.sparse`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from slimops import _build
+from slimops.ops._checks_sparse import (
+    validate_block_sparse_linear,
+    validate_block_sparse_pack,
+    validate_masked_linear,
+    validate_masked_linear_grad_input,
+    validate_masked_linear_grad_weight,
+)
+from slimops.ops._triton import register_triton, triton_usable
+
+
+def masked_linear(
+    x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x (W ⊙ M)^T + b``, differentiable, for fine-tuning a pruned layer.
+
+    The gradient of ``weight`` is masked (``(grad^T x) ⊙ M``), so pruned weights
+    stay exactly zero through any optimizer step; ``x``'s gradient uses ``W ⊙ M``.
+    On a GPU the mask is applied to weight tiles in registers: ``W ⊙ M`` never
+    exists in memory.
+
+    Args:
+        x: float ``[..., K]``.
+        weight: ``[N, K]`` of x's dtype.
+        mask: bool ``[N, K]``, True where the weight is kept.
+        bias: optional float ``[N]``.
+    """
+    return torch.ops.slimops.masked_linear.default(x, weight, mask, bias)
+
+
+def masked_linear_grad_input(grad: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Backward of :func:`masked_linear` for ``x``: ``grad (W ⊙ M)``, ``[..., N] -> [..., K]``."""
+    return torch.ops.slimops.masked_linear_grad_input.default(grad, weight, mask)
+
+
+def masked_linear_grad_weight(grad: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Backward of :func:`masked_linear` for the weight: ``(grad^T x) ⊙ M`` over all leading dims, ``[N, K]``."""
+    return torch.ops.slimops.masked_linear_grad_weight.default(grad, x, mask)
+
+
+def block_sparse_pack(
+    weight: torch.Tensor, mask: torch.Tensor | None = None, block_n: int = 64, block_k: int = 64
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pack the kept ``block_n x block_k`` tiles of ``weight [N, K]`` (BSR).
+
+    A tile is kept when any of its elements is kept by ``mask`` (or is non-zero
+    when there is no mask); kept values are ``weight * mask``. Block sizes are
+    16, 32, 64 or 128 and must divide N and K.
+
+    Returns:
+        ``(values [nnz, block_n, block_k], row_ptr int32 [N / block_n + 1], col_idx int32 [nnz])``.
+    """
+    return torch.ops.slimops.block_sparse_pack.default(weight, mask, block_n, block_k)
+
+
+def block_sparse_linear(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    row_ptr: torch.Tensor,
+    col_idx: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``x W^T + b`` for a packed weight (see :func:`block_sparse_pack`); skips the tiles not stored.
+
+    Inference only. ``x`` is ``[..., K]`` of the values' dtype; K must be a
+    multiple of block_k. Returns ``[..., N]``.
+    """
+    return torch.ops.slimops.block_sparse_linear.default(x, values, row_ptr, col_idx, bias)
+
+
+if _build.HAS_C:
+
+    @torch.library.register_fake("slimops::masked_linear")
+    def _masked_linear_fake(x, weight, mask, bias=None):
+        g = validate_masked_linear(x, weight, mask, bias)
+        return x.new_empty((*x.shape[:-1], g.n))
+
+    @torch.library.register_fake("slimops::masked_linear_grad_input")
+    def _masked_linear_grad_input_fake(grad, weight, mask):
+        g = validate_masked_linear_grad_input(grad, weight, mask)
+        return grad.new_empty((*grad.shape[:-1], g.k))
+
+    @torch.library.register_fake("slimops::masked_linear_grad_weight")
+    def _masked_linear_grad_weight_fake(grad, x, mask):
+        g = validate_masked_linear_grad_weight(grad, x, mask)
+        return x.new_empty((g.n, g.k))
+
+    @torch.library.register_fake("slimops::block_sparse_pack")
+    def _block_sparse_pack_fake(weight, mask, block_n, block_k):
+        validate_block_sparse_pack(weight, mask, block_n, block_k)
+        nnz = torch.library.get_ctx().new_dynamic_size()  # how many tiles are kept depends on the data
+        rows = weight.shape[0] // block_n
+        return (
+            weight.new_empty((nnz, block_n, block_k)),
+            weight.new_empty((rows + 1,), dtype=torch.int32),
+            weight.new_empty((nnz,), dtype=torch.int32),
+        )
+
+    @torch.library.register_fake("slimops::block_sparse_linear")
+    def _block_sparse_linear_fake(x, values, row_ptr, col_idx, bias=None):
+        g = validate_block_sparse_linear(x, values, row_ptr, col_idx, bias)
+        return x.new_empty((*x.shape[:-1], g.n))
+
+    def _setup_context(ctx, inputs, output):
+        x, weight, mask, bias = inputs
+        ctx.save_for_backward(x, weight, mask)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+
+    def _backward(ctx, grad):
+        x, weight, mask = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.slimops.masked_linear_grad_input.default(grad, weight, mask)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.ops.slimops.masked_linear_grad_weight.default(grad, x, mask)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[3]:
+            grad_b = grad.reshape(-1, grad.shape[-1]).sum(0, dtype=torch.float32).to(ctx.bias_dtype)
+        return grad_x, grad_w, None, grad_b
+
+    torch.library.register_autograd("slimops::masked_linear", _backward, setup_context=_setup_context)
+
+    if triton_usable():
+        from slimops.kernels import block_sparse as _block_sparse
+        from slimops.kernels import masked_linear as _masked
+
+        register_triton(
+            {
+                "masked_linear": _masked.masked_linear,
+                "masked_linear_grad_input": _masked.masked_linear_grad_input,
+                "masked_linear_grad_weight": _masked.masked_linear_grad_weight,
+                "block_sparse_linear": _block_sparse.block_sparse_linear,
+            },
+            cuda_cpp=False,
+        )
