@@ -27,7 +27,7 @@ def _check_bias(bias, n, like, op):
 def _check_mask(mask, weight_shape, like, op):
     check_dtype(mask, torch.bool, op, "mask")
     _check(tuple(mask.shape) == tuple(weight_shape),
-           lambda: _fail(op, f"mask must have the weight's shape {tuple(weight_shape)}, got {tuple(mask.shape)}"))
+           lambda: _fail(op, f"mask must have the weight's shape {list(weight_shape)}, got {list(mask.shape)}"))
     check_same_device(like, mask, op, "x" if like is not mask else "mask", "mask")
 
 
@@ -58,7 +58,7 @@ def validate_masked_linear_grad_input(grad, weight, mask) -> MatmulGeometry:
     check_same_device(grad, weight, op, "grad", "weight")
     check_dtype(mask, torch.bool, op, "mask")
     _check(tuple(mask.shape) == tuple(weight.shape),
-           lambda: _fail(op, f"mask must have the weight's shape {tuple(weight.shape)}, got {tuple(mask.shape)}"))
+           lambda: _fail(op, f"mask must have the weight's shape {list(weight.shape)}, got {list(mask.shape)}"))
     check_same_device(grad, mask, op, "grad", "mask")
     return MatmulGeometry(math.prod(grad.shape[:-1]), weight.shape[0], weight.shape[1])
 
@@ -75,7 +75,7 @@ def validate_masked_linear_grad_weight(grad, x, mask) -> MatmulGeometry:
     check_same_device(grad, x, op, "grad", "x")
     check_dtype(mask, torch.bool, op, "mask")
     _check(tuple(mask.shape) == (n, k),
-           lambda: _fail(op, f"mask must have shape {(n, k)} (grad's N, x's K), got {tuple(mask.shape)}"))
+           lambda: _fail(op, f"mask must have shape ({n}, {k}) (grad's N, x's K), got {list(mask.shape)}"))
     check_same_device(grad, mask, op, "grad", "mask")
     return MatmulGeometry(math.prod(x.shape[:-1]), n, k)
 
@@ -85,7 +85,7 @@ def validate_block_sizes(weight_shape, block_n, block_k, op="block_sparse_pack")
         _check(b in BLOCK_SIZES, lambda: _fail(op, f"{name} must be one of {BLOCK_SIZES}, got {b}"))
     n, k = weight_shape
     _check(n % block_n == 0 and k % block_k == 0,
-           lambda: _fail(op, f"block {block_n}x{block_k} must divide the weight's shape {(n, k)} "
+           lambda: _fail(op, f"block {block_n}x{block_k} must divide the weight's shape {[n, k]} "
                          "(pad the layer's features to a multiple of the block first)"))
 
 
