@@ -3,6 +3,8 @@
 // the same things in the same words for the fakes and the Triton launchers.
 #include "quant_mm.h"
 
+#include "quantize.h"
+
 namespace slimops {
 namespace {
 
@@ -79,13 +81,7 @@ MatmulGeometry validate_weight_int8_linear(const at::Tensor& x, const at::Tensor
 }
 
 std::tuple<int64_t, int64_t> validate_quantize_fp8_per_row(const at::Tensor& x) {
-  const char* op = "quantize_fp8_per_row";
-  check_float_input(x, op, "x");
-  SLIMOPS_CHECK(x.dim() >= 1, op, "x must have at least 1 dimension [..., K], got a 0-d tensor");
-  const int64_t k = x.size(-1);
-  const int64_t rows = c10::multiply_integers(x.sizes().slice(0, x.dim() - 1));
-  SLIMOPS_CHECK(k > 0 || rows == 0, op, "x must have a non-empty last dimension, got shape ", x.sizes());
-  return {rows, k};
+  return validate_quantize_per_token(x, "quantize_fp8_per_row");  // the int8 per-token quantizer's rules
 }
 
 }  // namespace slimops

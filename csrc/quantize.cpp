@@ -4,8 +4,7 @@
 
 namespace slimops {
 
-std::tuple<int64_t, int64_t> validate_quantize_per_token(const at::Tensor& x) {
-  const char* op = "quantize_per_token";
+std::tuple<int64_t, int64_t> validate_quantize_per_token(const at::Tensor& x, const char* op) {
   check_float_input(x, op, "x");
   SLIMOPS_CHECK(x.dim() >= 1, op, "x must have at least 1 dimension (rows of the last dimension), got a 0-d tensor");
   const int64_t K = x.size(-1);

@@ -25,7 +25,8 @@ struct ChannelGeometry {
 
 // quantize_per_token: x [..., K] float -> rows = numel / K.
 // Returns {rows, K}. Rejects non-float dtypes and K == 0 with rows > 0.
-std::tuple<int64_t, int64_t> validate_quantize_per_token(const at::Tensor& x);
+// Shared by every per-row quantizer; `op` names the one being called.
+std::tuple<int64_t, int64_t> validate_quantize_per_token(const at::Tensor& x, const char* op = "quantize_per_token");
 
 // quantize_per_channel: x [...] float, axis in [-dim, dim).
 // Returns the [outer, channels, inner] view of x around the (wrapped) axis.

@@ -64,9 +64,8 @@ def check_same_device(a: torch.Tensor, b: torch.Tensor, op: str, name_a: str, na
     )
 
 
-def validate_quantize_per_token(x: torch.Tensor) -> tuple[int, int]:
-    """Returns ``(rows, K)`` for x [..., K]."""
-    op = "quantize_per_token"
+def validate_quantize_per_token(x: torch.Tensor, op: str = "quantize_per_token") -> tuple[int, int]:
+    """Returns ``(rows, K)`` for x [..., K]; shared by every per-row quantizer (``op`` names it)."""
     check_float_input(x, op, "x")
     _check(
         x.dim() >= 1,

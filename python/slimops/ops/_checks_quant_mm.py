@@ -11,7 +11,15 @@ from typing import NamedTuple
 
 import torch
 
-from slimops.ops._checks import FLOAT_DTYPES, _check, _fail, check_dtype, check_float_input, check_same_device
+from slimops.ops._checks import (
+    FLOAT_DTYPES,
+    _check,
+    _fail,
+    check_dtype,
+    check_float_input,
+    check_same_device,
+    validate_quantize_per_token,
+)
 
 
 class MatmulGeometry(NamedTuple):
@@ -110,14 +118,5 @@ def validate_weight_int8_linear(x, weight, scale, bias) -> MatmulGeometry:
 
 
 def validate_quantize_fp8_per_row(x) -> tuple[int, int]:
-    """Returns ``(rows, K)`` for x [..., K]."""
-    op = "quantize_fp8_per_row"
-    check_float_input(x, op, "x")
-    _check(x.dim() >= 1, lambda: _fail(op, "x must have at least 1 dimension [..., K], got a 0-d tensor"))
-    k = x.shape[-1]
-    rows = math.prod(x.shape[:-1])
-    _check(
-        k > 0 or rows == 0,
-        lambda: _fail(op, f"x must have a non-empty last dimension, got shape {tuple(x.shape)}"),
-    )
-    return rows, k
+    """Returns ``(rows, K)`` for x [..., K]: the same rules as the int8 per-token quantizer."""
+    return validate_quantize_per_token(x, "quantize_fp8_per_row")
