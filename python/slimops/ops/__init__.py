@@ -20,6 +20,7 @@ from slimops.ops.sparse import (
     masked_linear_grad_input,
     masked_linear_grad_weight,
 )
+from slimops.ops.sparse24 import sparse24_compress, sparse24_linear
 
 __all__ = [
     "block_sparse_linear",
@@ -37,5 +38,7 @@ __all__ = [
     "quantize_fp8_per_row",
     "quantize_per_channel",
     "quantize_per_token",
+    "sparse24_compress",
+    "sparse24_linear",
     "weight_int8_linear",
 ]
