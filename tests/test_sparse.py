@@ -310,3 +310,21 @@ def test_bad_block_sizes_and_malformed_indices():
     bad_rows[1] = 99
     with pytest.raises(RuntimeError, match="row_ptr must be non-decreasing"):
         slimops.ops.block_sparse_linear(x, v, bad_rows, ci)
+
+
+def test_pruned_inf_and_nan_weights_contribute_nothing(impl):
+    """The mask is a select: whatever a pruned weight holds, it adds exactly 0 (and its gradient is 0)."""
+    _skip_missing(impl, "masked_linear")
+    w = torch.randn(8, 16, generator=_gen(1))
+    mask = _mask(8, 16, 0.5, 2)
+    w[~mask] = float("inf")
+    w[~mask & (torch.arange(16) % 2 == 0)] = float("nan")
+    x, grad = torch.randn(3, 16, generator=_gen(3)), torch.randn(3, 8, generator=_gen(4))
+    d = lambda t: t.to(impl.device)  # noqa: E731
+    y = impl.masked_linear(d(x), d(w), d(mask), None).cpu()
+    gx = impl.masked_linear_grad_input(d(grad), d(w), d(mask)).cpu()
+    gw = impl.masked_linear_grad_weight(d(grad), d(x), d(mask)).cpu()
+    assert torch.isfinite(y).all() and torch.isfinite(gx).all() and (gw[~mask] == 0).all()
+    clean = torch.where(mask, w, torch.zeros_like(w))
+    torch.testing.assert_close(y, x @ clean.t(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx, grad @ clean, rtol=1e-5, atol=1e-5)

@@ -12,6 +12,8 @@
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/masked_fill.h>
+#include <ATen/ops/logical_not.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
@@ -28,8 +30,9 @@ std::vector<int64_t> with_last(const at::Tensor& t, int64_t last) {
   return shape;
 }
 
+// A select, not a product: a pruned weight contributes exactly 0 even if it holds inf or NaN.
 at::Tensor masked_weight_f32(const at::Tensor& weight, const at::Tensor& mask) {
-  return weight.to(at::kFloat).mul(mask);
+  return weight.to(at::kFloat).masked_fill(mask.logical_not(), 0.0);
 }
 
 at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
@@ -52,7 +55,7 @@ at::Tensor masked_linear_grad_weight_cpu(const at::Tensor& grad, const at::Tenso
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const at::Tensor g2 = grad.reshape({g.m, g.n}).to(at::kFloat);
   const at::Tensor x2 = x.reshape({g.m, g.k}).to(at::kFloat);
-  return at::mm(g2.t(), x2).mul_(mask).to(x.scalar_type());
+  return at::mm(g2.t(), x2).masked_fill_(mask.logical_not(), 0.0).to(x.scalar_type());
 }
 
 // The index arrays come from the caller: check them here, where it is cheap,

@@ -23,11 +23,18 @@ from __future__ import annotations
 import torch
 
 
+def _masked(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return weight.double().masked_fill(~mask, 0.0)
+
+
 def masked_linear(
     x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """``x (W ⊙ M)^T + b`` in float64, rounded once to ``x.dtype``."""
-    w = weight.double() * mask.double()
+    """``x (W ⊙ M)^T + b`` in float64, rounded once to ``x.dtype``.
+
+    ``W ⊙ M`` is a select: a pruned weight contributes exactly 0 even if it holds inf or NaN.
+    """
+    w = _masked(weight, mask)
     out = x.double() @ w.t()
     if bias is not None:
         out = out + bias.double()
@@ -36,7 +43,7 @@ def masked_linear(
 
 def masked_linear_grad_input(grad: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``grad_x = grad (W ⊙ M)``: grad ``[..., N]`` -> ``[..., K]`` in grad's dtype."""
-    return (grad.double() @ (weight.double() * mask.double())).to(grad.dtype)
+    return (grad.double() @ _masked(weight, mask)).to(grad.dtype)
 
 
 def masked_linear_grad_weight(grad: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -47,7 +54,7 @@ def masked_linear_grad_weight(grad: torch.Tensor, x: torch.Tensor, mask: torch.T
     """
     n, k = grad.shape[-1], x.shape[-1]
     g = grad.reshape(-1, n).double()
-    return ((g.t() @ x.reshape(-1, k).double()) * mask.double()).to(x.dtype)
+    return (g.t() @ x.reshape(-1, k).double()).masked_fill(~mask, 0.0).to(x.dtype)
 
 
 def block_sparse_pack(
