@@ -30,6 +30,8 @@ from slimops.quant import (
     prepare,
 )
 from slimops.serialization import load, save
+from slimops import distill, prune  # noqa: F401  (slimops.prune.Pruner, slimops.distill.kd_loss)
+from slimops.prune import SparseConfig
 
 __version__ = "0.1.0"
 
@@ -57,13 +59,16 @@ __all__ = [
     "MinMaxObserver",
     "MovingAverageMinMaxObserver",
     "PercentileObserver",
+    "SparseConfig",
     "backends",
     "clip_grad_norm_",
     "clip_grad_value_",
     "convert",
+    "distill",
     "install",
     "load",
     "prepare",
+    "prune",
     "save",
     "uninstall",
     "use_backend",

@@ -8,12 +8,16 @@ from slimops.nn.quantized import (
     Int8WeightOnlyLinear,
     ObservedLinear,
 )
+from slimops.nn.sparse import BlockSparseLinear, MaskedLinear, Sparse24Linear
 
 __all__ = [
+    "BlockSparseLinear",
     "Fp8DynamicLinear",
     "HalfLinear",
     "Int8DynamicLinear",
     "Int8StaticLinear",
     "Int8WeightOnlyLinear",
+    "MaskedLinear",
     "ObservedLinear",
+    "Sparse24Linear",
 ]

@@ -1,0 +1,267 @@
+"""Sparse replacements for ``nn.Linear``: masked (training), block-sparse and 2:4 (inference).
+
+* :class:`MaskedLinear` keeps the float weight as a trainable parameter and a
+  bool mask as a buffer. Its forward is ``slimops.ops.masked_linear``, whose
+  backward masks the weight gradient, so pruned weights get an exact zero
+  gradient and no optimizer step moves them off zero (made by
+  :class:`slimops.prune.Pruner`).
+* :class:`BlockSparseLinear` stores only the kept ``b x b`` tiles (BSR) and
+  skips the others; :class:`Sparse24Linear` stores the 2:4-compressed weight
+  and its metadata for the sparse tensor cores. Both keep their packed data in
+  buffers, so ``state_dict()`` holds the packed form and never the dense weight.
+
+Every forward is one call into :mod:`slimops.ops` with no data-dependent
+Python, so the modules run under ``torch.compile(fullgraph=True)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import slimops
+from slimops.conversion import Unsupported
+
+# Tile sizes the block-sparse kernels take in each dimension (issue 5).
+BLOCK_SIZES = (16, 32, 64, 128)
+
+
+def check_linear(linear: nn.Module) -> None:
+    """Raise :class:`Unsupported` for an ``nn.Linear`` a sparse module cannot stand in for."""
+    if not isinstance(linear, (nn.Linear, MaskedLinear)):
+        raise Unsupported(f"{type(linear).__name__} is not an nn.Linear")
+    if not linear.weight.is_floating_point():
+        raise Unsupported(f"weight dtype {linear.weight.dtype} is not floating point")
+    if isinstance(linear, nn.modules.linear.NonDynamicallyQuantizableLinear):
+        raise Unsupported("nn.MultiheadAttention reads this projection's weight directly")
+    if isinstance(linear, nn.Linear) and type(linear).forward is not nn.Linear.forward:
+        raise Unsupported(f"{type(linear).__name__} overrides nn.Linear.forward")
+
+
+def _check_mask(mask: torch.Tensor, weight: torch.Tensor, who: str) -> None:
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{who}: mask must be a bool tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise ValueError(f"{who}: mask must have dtype torch.bool, got {mask.dtype}")
+    if mask.shape != weight.shape:
+        raise ValueError(
+            f"{who}: mask shape {tuple(mask.shape)} does not match the weight's [out_features, in_features] "
+            f"= {tuple(weight.shape)}"
+        )
+
+
+def _dense_parts(linear: nn.Module, mask: torch.Tensor | None, who: str):
+    """``(weight ⊙ mask, bias, mask)`` detached from ``linear`` (an ``nn.Linear`` or a ``MaskedLinear``)."""
+    check_linear(linear)
+    weight = linear.weight.detach()
+    if mask is None and isinstance(linear, MaskedLinear):
+        mask = linear.mask
+    if mask is not None:
+        _check_mask(mask, weight, who)
+        weight = weight * mask.to(weight.device)
+    bias = None if linear.bias is None else linear.bias.detach().clone()
+    return weight, bias, mask
+
+
+class MaskedLinear(nn.Module):
+    """``y = x (W ⊙ M)^T + b`` with a fixed bool mask ``M``, for training a pruned layer.
+
+    ``weight`` and ``bias`` are ordinary parameters; ``mask`` is a bool buffer
+    ``[out_features, in_features]`` (True = kept). The gradient of ``weight`` is
+    ``(g^T x) ⊙ M``: pruned entries get exactly zero, so SGD, Adam or AdamW
+    (with weight decay: ``0 * wd = 0``) leave a pruned weight that is zero at zero.
+
+    NOTE: an optimizer whose momentum was built up *before* an entry was pruned
+    can still move it for a few steps; :meth:`apply_mask_` (which
+    :meth:`slimops.prune.Pruner.step` calls) zeros it again. The forward never
+    sees it either way.
+    """
+
+    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None, mask: torch.Tensor):
+        super().__init__()
+        _check_mask(mask, weight, "MaskedLinear")
+        self.weight = weight
+        self.bias = bias
+        self.register_buffer("mask", mask.to(weight.device))  # bool [N, K]
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, mask: torch.Tensor | None = None) -> MaskedLinear:
+        """Wrap ``linear``, sharing its parameters (an optimizer built on them keeps working).
+
+        Args:
+            linear: the float layer.
+            mask: bool ``[out_features, in_features]``; all True (nothing pruned) if None.
+                Weights it prunes are zeroed in place.
+        """
+        check_linear(linear)
+        if mask is None:
+            mask = torch.ones_like(linear.weight, dtype=torch.bool)
+        module = cls(linear.weight, linear.bias, mask)
+        module.apply_mask_()
+        return module
+
+    @torch.no_grad()
+    def set_mask(self, mask: torch.Tensor) -> None:
+        """Replace the mask and zero the weights it prunes, in place."""
+        _check_mask(mask, self.weight, "MaskedLinear.set_mask")
+        self.mask.copy_(mask)
+        self.apply_mask_()
+
+    @torch.no_grad()
+    def apply_mask_(self) -> None:
+        """Zero the pruned weights in place."""
+        self.weight.mul_(self.mask)
+
+    @property
+    def sparsity(self) -> float:
+        """The fraction of weights the mask prunes."""
+        return 1.0 - self.mask.sum().item() / max(self.mask.numel(), 1)
+
+    def to_linear(self) -> nn.Linear:
+        """A plain ``nn.Linear`` holding ``W ⊙ M`` (new parameters, same dtype and device)."""
+        bias = None if self.bias is None else self.bias.detach()
+        return dense_linear(self.weight.detach() * self.mask, bias, self.weight.requires_grad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return slimops.ops.masked_linear(x, self.weight, self.mask, self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, sparsity={self.sparsity:.3f}"
+        )
+
+
+def _block_pair(block: int | tuple[int, int]) -> tuple[int, int]:
+    bn, bk = (block, block) if isinstance(block, int) and not isinstance(block, bool) else tuple(block)
+    for name, b in (("block_n", bn), ("block_k", bk)):
+        if isinstance(b, bool) or not isinstance(b, int) or b not in BLOCK_SIZES:
+            raise ValueError(f"BlockSparseLinear: {name} must be one of {BLOCK_SIZES}, got {b!r}")
+    return bn, bk
+
+
+class BlockSparseLinear(nn.Module):
+    """``y = x W^T + b`` with ``W`` stored as its kept ``block_n x block_k`` tiles (BSR).
+
+    Buffers: ``values [nnz, block_n, block_k]``, ``row_ptr int32 [N / block_n + 1]``,
+    ``col_idx int32 [nnz]`` (see :mod:`slimops.reference.sparse`), ``bias [N]`` or None.
+    The kernel skips the tiles that are not stored, so the time falls with the
+    density of kept tiles. Inference only (the buffers take no gradient).
+    """
+
+    def __init__(
+        self,
+        values: torch.Tensor,
+        row_ptr: torch.Tensor,
+        col_idx: torch.Tensor,
+        bias: torch.Tensor | None,
+        in_features: int,
+    ):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = (row_ptr.shape[0] - 1) * values.shape[1]
+        self.block_size = (values.shape[1], values.shape[2])
+        self.register_buffer("values", values)  # [nnz, block_n, block_k]
+        self.register_buffer("row_ptr", row_ptr)  # int32 [N / block_n + 1]
+        self.register_buffer("col_idx", col_idx)  # int32 [nnz]
+        self.register_buffer("bias", bias)  # [N] or None
+
+    @classmethod
+    def from_dense(
+        cls, linear: nn.Module, mask: torch.Tensor | None = None, block: int | tuple[int, int] = 64
+    ) -> BlockSparseLinear:
+        """Pack ``linear``'s weight (``⊙ mask`` when given, or its own mask for a ``MaskedLinear``).
+
+        Args:
+            linear: an ``nn.Linear`` or ``MaskedLinear``.
+            mask: bool ``[out_features, in_features]``; without one, the all-zero tiles of the weight are skipped.
+            block: tile size, one of 16, 32, 64, 128, or a ``(block_n, block_k)`` pair; it
+                must divide ``out_features`` and ``in_features`` (no padding).
+        """
+        bn, bk = _block_pair(block)
+        weight, bias, mask = _dense_parts(linear, mask, "BlockSparseLinear.from_dense")
+        n, k = weight.shape
+        if n % bn or k % bk:
+            raise ValueError(
+                f"BlockSparseLinear: block {bn}x{bk} must divide the weight [out_features, in_features] = [{n}, {k}]"
+            )
+        values, row_ptr, col_idx = slimops.ops.block_sparse_pack(weight.contiguous(), mask, bn, bk)
+        return cls(values, row_ptr, col_idx, bias, k)
+
+    @property
+    def density(self) -> float:
+        """The fraction of tiles that are stored."""
+        tiles = (self.out_features // self.block_size[0]) * (self.in_features // self.block_size[1])
+        return self.values.shape[0] / max(tiles, 1)
+
+    def to_dense(self) -> torch.Tensor:
+        """The dense ``[out_features, in_features]`` weight this module stands for."""
+        from slimops.reference.sparse import block_sparse_to_dense
+
+        return block_sparse_to_dense(self.values, self.row_ptr, self.col_idx, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return slimops.ops.block_sparse_linear(x, self.values, self.row_ptr, self.col_idx, self.bias)
+
+    def extra_repr(self) -> str:
+        bn, bk = self.block_size
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"block={bn}x{bk}, density={self.density:.3f}"
+        )
+
+
+class Sparse24Linear(nn.Module):
+    """``y = x W^T + b`` for a 2:4 weight (at most 2 non-zeros in every 4 consecutive inputs).
+
+    Buffers: ``values [N, K / 2]`` (the kept weights), ``meta uint8`` (their
+    positions, in the layout ``sparse24_compress`` makes for the kernel), ``bias [N]``
+    or None. Half the weight bytes; on GPU it runs on the sparse tensor cores.
+    """
+
+    def __init__(self, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.in_features = values.shape[1] * 2
+        self.out_features = values.shape[0]
+        self.register_buffer("values", values)  # [N, K / 2]
+        self.register_buffer("meta", meta)  # uint8, kernel layout
+        self.register_buffer("bias", bias)  # [N] or None
+
+    @classmethod
+    def from_dense(cls, linear: nn.Module, mask: torch.Tensor | None = None) -> Sparse24Linear:
+        """Compress ``linear``'s weight (``⊙ mask`` when given, or its own mask for a ``MaskedLinear``).
+
+        Raises:
+            ValueError (from ``sparse24_compress``): if the (masked) weight is not 2:4.
+        """
+        weight, bias, _ = _dense_parts(linear, mask, "Sparse24Linear.from_dense")
+        values, meta = slimops.ops.sparse24_compress(weight.contiguous())
+        return cls(values, meta, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return slimops.ops.sparse24_linear(x, self.values, self.meta, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, 2:4"
+
+
+def dense_linear(weight: torch.Tensor, bias: torch.Tensor | None, requires_grad: bool = False) -> nn.Linear:
+    """An ``nn.Linear`` holding copies of ``weight [N, K]`` and ``bias``."""
+    n, k = weight.shape
+    out = nn.Linear(k, n, bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        if bias is not None:
+            out.bias.copy_(bias)
+    return out.requires_grad_(requires_grad)
+
+
+__all__ = ["BLOCK_SIZES", "BlockSparseLinear", "MaskedLinear", "Sparse24Linear", "dense_linear"]
