@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimops.conversion import Unsupported
+from slimops.nn._convertible import check_convertible_linear
 
 
 class HalfLinear(nn.Module):
@@ -31,12 +31,7 @@ class HalfLinear(nn.Module):
 
     @classmethod
     def from_float(cls, linear: nn.Linear, dtype: torch.dtype) -> HalfLinear:
-        if not linear.weight.is_floating_point():
-            raise Unsupported(f"weight dtype {linear.weight.dtype} is not floating point")
-        if isinstance(linear, nn.modules.linear.NonDynamicallyQuantizableLinear):
-            raise Unsupported("nn.MultiheadAttention reads this projection's weight directly")
-        if type(linear).forward is not nn.Linear.forward:
-            raise Unsupported(f"{type(linear).__name__} overrides nn.Linear.forward")
+        check_convertible_linear(linear)
         bias = None if linear.bias is None else linear.bias.detach().to(dtype)
         return cls(linear.weight.detach().to(dtype), bias)
 

@@ -16,6 +16,7 @@ from torch import nn
 
 import slimops
 from slimops.conversion import Unsupported
+from slimops.nn._convertible import check_convertible_linear
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # cuBLAS fp8 GEMMs need K and N to be multiples of 16 (fp8_dynamic_linear checks it on every device).
@@ -24,14 +25,8 @@ _FP8_ALIGN = 16
 
 def _float_weight(linear: nn.Module) -> torch.Tensor:
     """The weight of a convertible ``nn.Linear`` in a dtype the quantizers take; raises Unsupported otherwise."""
-    weight = linear.weight
-    if not weight.is_floating_point():
-        raise Unsupported(f"weight dtype {weight.dtype} is not floating point")
-    if isinstance(linear, nn.modules.linear.NonDynamicallyQuantizableLinear):
-        raise Unsupported("nn.MultiheadAttention reads this projection's weight directly")
-    if isinstance(linear, nn.Linear) and type(linear).forward is not nn.Linear.forward:
-        raise Unsupported(f"{type(linear).__name__} overrides nn.Linear.forward")
-    w = weight.detach()
+    check_convertible_linear(linear)
+    w = linear.weight.detach()
     if w.dtype not in _KERNEL_DTYPES:  # float64, float8 weights: quantize from fp32
         w = w.float()
     if not torch.isfinite(w).all():

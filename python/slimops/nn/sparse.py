@@ -21,6 +21,7 @@ from torch import nn
 
 import slimops
 from slimops.conversion import Unsupported
+from slimops.nn._convertible import check_convertible_linear
 
 # Tile sizes the block-sparse kernels take in each dimension (issue 5).
 BLOCK_SIZES = (16, 32, 64, 128)
@@ -30,12 +31,7 @@ def check_linear(linear: nn.Module) -> None:
     """Raise :class:`Unsupported` for an ``nn.Linear`` a sparse module cannot stand in for."""
     if not isinstance(linear, (nn.Linear, MaskedLinear)):
         raise Unsupported(f"{type(linear).__name__} is not an nn.Linear")
-    if not linear.weight.is_floating_point():
-        raise Unsupported(f"weight dtype {linear.weight.dtype} is not floating point")
-    if isinstance(linear, nn.modules.linear.NonDynamicallyQuantizableLinear):
-        raise Unsupported("nn.MultiheadAttention reads this projection's weight directly")
-    if isinstance(linear, nn.Linear) and type(linear).forward is not nn.Linear.forward:
-        raise Unsupported(f"{type(linear).__name__} overrides nn.Linear.forward")
+    check_convertible_linear(linear)
 
 
 def _check_mask(mask: torch.Tensor, weight: torch.Tensor, who: str) -> None:
