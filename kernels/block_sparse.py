@@ -75,6 +75,8 @@ import torch
 import triton
 import triton.language as tl
 
+from slimops.kernels._tiles import grouped_tile, m_bucket
+
 from slimops.ops._checks_sparse import validate_block_sparse_linear
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -143,7 +145,7 @@ _INTERPRET_GEMM_META = {"BLOCK_M": 32, "SWAP_AB": False, "num_warps": 4, "num_st
 
 
 def _m_bucket(m: int) -> int:
-    return min(triton.next_power_of_2(max(m, 1)), _MAX_M_BUCKET)
+    return m_bucket(m, _MAX_M_BUCKET)
 
 
 def _config_id(c: triton.Config) -> tuple:
@@ -238,11 +240,7 @@ def _block_sparse_linear_kernel(
         # Grouped ordering: GROUP_M M tiles run down one block row before moving on.
         pid = tl.program_id(0)
         num_pid_m = tl.cdiv(M, BLOCK_M)
-        pids_per_group = GROUP_M * num_rows
-        first_pid_m = (pid // pids_per_group) * GROUP_M
-        group_rows = min(num_pid_m - first_pid_m, GROUP_M)
-        pid_m = first_pid_m + (pid % pids_per_group) % group_rows
-        pid_r = (pid % pids_per_group) // group_rows
+        pid_m, pid_r = grouped_tile(pid, num_pid_m, num_rows, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)  # within the block row

@@ -59,6 +59,8 @@ import torch
 import triton
 import triton.language as tl
 
+from slimops.kernels._tiles import grouped_tile, m_bucket
+
 from slimops.ops._checks_quant_mm import validate_int8_mm
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -100,7 +102,7 @@ _INTERPRET_META = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}
 
 
 def _m_bucket(m: int) -> int:
-    return min(max(16, triton.next_power_of_2(m)), _MAX_M_BUCKET)
+    return m_bucket(m, _MAX_M_BUCKET, floor=16)
 
 
 def _prune_configs(configs, named_args, **kwargs):
@@ -137,11 +139,7 @@ def _int8_mm_kernel(
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
-    pids_per_group = GROUP_M * num_pid_n
-    first_pid_m = (pid // pids_per_group) * GROUP_M
-    group_rows = min(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (pid % pids_per_group) % group_rows
-    pid_n = (pid % pids_per_group) // group_rows
+    pid_m, pid_n = grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -75,6 +75,8 @@ import torch
 import triton
 import triton.language as tl
 
+from slimops.kernels._tiles import grouped_tile, m_bucket
+
 from slimops.ops._checks_sparse import (
     validate_masked_linear,
     validate_masked_linear_grad_input,
@@ -170,7 +172,7 @@ _INTERPRET_GW_META = {"BLOCK_N": 16, "BLOCK_K": 16, "BLOCK_M": 32, "num_warps": 
 
 
 def _m_bucket(m: int) -> int:
-    return min(triton.next_power_of_2(max(m, 1)), _MAX_M_BUCKET)
+    return m_bucket(m, _MAX_M_BUCKET)
 
 
 def _config_id(c: triton.Config) -> tuple:
@@ -240,11 +242,7 @@ def _masked_linear_kernel(
         pid = tl.program_id(0)
         num_pid_m = tl.cdiv(M, BLOCK_M)
         num_pid_n = tl.cdiv(N, BLOCK_N)
-        pids_per_group = GROUP_M * num_pid_n
-        first_pid_m = (pid // pids_per_group) * GROUP_M
-        group_rows = min(num_pid_m - first_pid_m, GROUP_M)
-        pid_m = first_pid_m + (pid % pids_per_group) % group_rows
-        pid_n = (pid % pids_per_group) // group_rows
+        pid_m, pid_n = grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -77,6 +77,8 @@ import torch
 import triton
 import triton.language as tl
 
+from slimops.kernels._tiles import m_bucket
+
 from slimops.ops._checks_quant_mm import validate_weight_int8_linear
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -128,7 +130,7 @@ _INTERPRET_META = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, 
 
 
 def _m_bucket(m: int) -> int:
-    return min(triton.next_power_of_2(m), _MAX_M_BUCKET)
+    return m_bucket(m, _MAX_M_BUCKET)
 
 
 def _config_id(c: triton.Config) -> tuple:
