@@ -8,8 +8,6 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
-// The CUDA-key kernels (csrc/cuda/*_dispatch.cpp) validate before choosing a
-// backend, so the Triton path gets the same C++ checks and messages as CUDA C++.
 #define SLIMOPS_CHECK(cond, op, ...) TORCH_CHECK(cond, "slimops.", op, ": ", __VA_ARGS__)
 
 namespace slimops {

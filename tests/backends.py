@@ -139,3 +139,29 @@ def random_rows(shape, dtype, device, seed, *, layout="contiguous") -> torch.Ten
     if not lead:
         return x[0]
     return x.unflatten(0, tuple(lead)) if len(lead) > 1 else x
+
+
+# Half an ulp of each dtype, relative: the error bound of one rounding.
+EPS = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def skip_missing(impl: Impl, op: str) -> None:
+    """Skip the "cuda" impl of an op that has no CUDA C++ kernel."""
+    if impl.name == "cuda" and op in TRITON_ONLY:
+        pytest.skip(f"{op} has no CUDA C++ kernel (Triton only, DESIGN.md)")
+
+
+def assert_within(got: torch.Tensor, exact: torch.Tensor, bound: torch.Tensor, what: str) -> None:
+    """|got - exact| <= bound elementwise (float64), naming the first element out of bound."""
+    err = (got.double().cpu() - exact).abs()
+    bad = ~(err <= bound)
+    if bad.any():
+        i = bad.flatten().nonzero()[0].item()
+        raise AssertionError(
+            f"{what}: {bad.sum().item()} of {bad.numel()} elements out of bound; e.g. flat index {i}: "
+            f"got {got.flatten()[i].item()}, exact {exact.flatten()[i].item()}, bound {bound.flatten()[i].item()}"
+        )

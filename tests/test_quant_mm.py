@@ -13,11 +13,18 @@ import torch
 
 from slimops import reference as ref
 from slimops.reference.quant_mm import expand_group_scale
-from tests.backends import IMPLS, TRITON_ONLY, get_impl, random_rows, skip_unsupported
+from tests.backends import (
+    EPS,
+    IMPLS,
+    assert_within,
+    gen,
+    get_impl,
+    random_rows,
+    skip_missing,
+    skip_unsupported,
+)
 
 pytestmark = pytest.mark.usefixtures("poison_empty")
-
-EPS = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}  # half an ulp, relative
 
 
 @pytest.fixture(params=IMPLS)
@@ -25,17 +32,8 @@ def impl(request):
     return get_impl(request.param)
 
 
-def _skip_missing(impl, op):
-    if impl.name == "cuda" and op in TRITON_ONLY:
-        pytest.skip(f"{op} has no CUDA C++ kernel (Triton only, DESIGN.md)")
-
-
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
 def _int8(shape, seed, *, layout="contiguous"):
-    g = _gen(seed)
+    g = gen(seed)
     v = torch.randint(-127, 128, shape, generator=g, dtype=torch.int8)
     if layout == "transposed":
         return v.t().contiguous().t()
@@ -48,20 +46,8 @@ def _int8(shape, seed, *, layout="contiguous"):
 
 def _scales(n, seed, shape=None):
     """Positive scales over 2^-12 .. 2^-4, never zero: products of two stay inside fp16's range."""
-    g = _gen(seed)
+    g = gen(seed)
     return torch.exp2(torch.empty(n).uniform_(-12, -4, generator=g)).reshape(shape or (n,))
-
-
-def assert_within(got, exact, bound, what):
-    """|got - exact| <= bound elementwise (float64), with the worst element in the message."""
-    err = (got.double().cpu() - exact) .abs()
-    bad = ~(err <= bound)
-    if bad.any():
-        i = bad.flatten().nonzero()[0].item()
-        raise AssertionError(
-            f"{what}: {bad.sum().item()} of {bad.numel()} elements out of bound; e.g. flat index {i}: "
-            f"got {got.flatten()[i].item()}, exact {exact.flatten()[i].item()}, bound {bound.flatten()[i].item()}"
-        )
 
 
 # ---------------------------------------------------------------- int8_mm
@@ -72,7 +58,7 @@ INT8_SHAPES = [(m, 17, 37) for m in range(1, 18)] + [(123, 33, 100), (5, 1, 1), 
 @pytest.mark.parametrize("m,n,k", INT8_SHAPES)
 def test_int8_mm_accumulation_is_exact(impl, m, n, k):
     """Unit scales and fp32 output: the result is the integer dot product, to the last bit."""
-    _skip_missing(impl, "int8_mm")
+    skip_missing(impl, "int8_mm")
     a, b = _int8((m, k), seed=m * 31 + k), _int8((n, k), seed=n * 17 + k + 1)
     ones_m, ones_n = torch.ones(m, 1), torch.ones(n)
     out = impl.int8_mm(a.to(impl.device), b.to(impl.device), ones_m.to(impl.device), ones_n.to(impl.device),
@@ -84,7 +70,7 @@ def test_int8_mm_accumulation_is_exact(impl, m, n, k):
 
 def test_int8_mm_matches_torch_int_mm_on_cpu(impl):
     """torch._int_mm (CPU) as an independent check of the int32 accumulation, K large enough to pass 2^24."""
-    _skip_missing(impl, "int8_mm")
+    skip_missing(impl, "int8_mm")
     a, b = _int8((32, 2048), seed=3), _int8((48, 2048), seed=4)
     want = torch._int_mm(a, b.t().contiguous())
     ones = torch.ones(32).to(impl.device), torch.ones(48).to(impl.device)
@@ -98,12 +84,12 @@ def test_int8_mm_matches_torch_int_mm_on_cpu(impl):
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "stepped"])
 @pytest.mark.parametrize("m,n,k", [(1, 17, 64), (5, 33, 37), (17, 5, 100), (123, 17, 16)])
 def test_int8_mm_epilogue(impl, m, n, k, layout, bias_dtype, out_dtype):
-    _skip_missing(impl, "int8_mm")
+    skip_missing(impl, "int8_mm")
     skip_unsupported(impl, out_dtype)
     a = _int8((m, k), seed=m + 100 * k, layout=layout)
     b = _int8((n, k), seed=n + 7, layout="transposed" if layout == "stepped" else "contiguous")
     a_scale, b_scale = _scales(m, 1, (m, 1)), _scales(n, 2)
-    bias = None if bias_dtype is None else (torch.randn(n, generator=_gen(5)) * 100).to(bias_dtype)
+    bias = None if bias_dtype is None else (torch.randn(n, generator=gen(5)) * 100).to(bias_dtype)
     dev = impl.device
     out = impl.int8_mm(a.to(dev), b.to(dev), a_scale.to(dev), b_scale.to(dev),
                        None if bias is None else bias.to(dev), out_dtype)
@@ -145,7 +131,7 @@ def test_weight_int8_linear(impl, xshape, n, group_size, x_dtype):
     w = _int8((n, k), seed=n + k)
     groups = 1 if group_size is None else k // group_size
     scale = _scales(n * groups, 9, (n, groups) if group_size else (n,)) 
-    bias = (torch.randn(n, generator=_gen(8))).to(x_dtype)
+    bias = (torch.randn(n, generator=gen(8))).to(x_dtype)
     dev = impl.device
     out = impl.weight_int8_linear(x.to(dev), w.to(dev), scale.to(dev), bias.to(dev))
     assert out.shape == (*xshape[:-1], n) and out.dtype == x_dtype and out.is_contiguous()
@@ -176,7 +162,7 @@ def test_weight_int8_linear_decode_shapes_gpu(m, group_size):
     import slimops
 
     k, n = 4096, 1000  # n not a multiple of the CUDA kernel's rows per block
-    x = (torch.randn(m, k, generator=_gen(m)) * 0.5).to(torch.bfloat16)
+    x = (torch.randn(m, k, generator=gen(m)) * 0.5).to(torch.bfloat16)
     w = _int8((n, k), seed=m + 1)
     groups = 1 if group_size is None else k // group_size
     scale = _scales(n * groups, 4, (n, groups) if group_size else (n,))
@@ -206,7 +192,7 @@ def assert_fp8_exact(x, q, scale):
 @pytest.mark.parametrize("shape", FP8_SHAPES)
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "stepped"])
 def test_quantize_fp8_per_row_matches_reference(impl, shape, dtype, layout):
-    _skip_missing(impl, "quantize_fp8_per_row")
+    skip_missing(impl, "quantize_fp8_per_row")
     skip_unsupported(impl, dtype)
     if len(shape) == 1 and layout != "contiguous":
         pytest.skip("1-D input has one layout")
@@ -220,8 +206,8 @@ def test_quantize_fp8_per_row_matches_reference(impl, shape, dtype, layout):
 
 
 def test_quantize_fp8_per_row_special_rows(impl):
-    _skip_missing(impl, "quantize_fp8_per_row")
-    g = _gen(11)
+    skip_missing(impl, "quantize_fp8_per_row")
+    g = gen(11)
     x = torch.randn(8, 40, generator=g)
     x[0] = 0.0  # zero row: scale 1, q 0
     x[1, 3] = float("inf")
@@ -248,8 +234,8 @@ LINEAR_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 def test_int8_dynamic_linear(device, xshape, dtype):
     k, n = xshape[-1], 17
     x = random_rows(xshape, dtype, "cpu", seed=len(xshape) * 100 + xshape[0])
-    w, w_scale, _ = ref.quantize_per_channel(torch.randn(n, k, generator=_gen(n)), 0)
-    bias = torch.randn(n, generator=_gen(1)).to(dtype)
+    w, w_scale, _ = ref.quantize_per_channel(torch.randn(n, k, generator=gen(n)), 0)
+    bias = torch.randn(n, generator=gen(1)).to(dtype)
     out = torch.ops.slimops.int8_dynamic_linear(x.to(device), w.to(device), w_scale.to(device), bias.to(device))
     assert out.shape == (*xshape[:-1], n) and out.dtype == dtype
     # The activation quantization is bit-exact, so the only slack is int8_mm's epilogue.
@@ -269,8 +255,8 @@ def test_int8_dynamic_linear(device, xshape, dtype):
 def test_fp8_dynamic_linear(device, xshape, dtype):
     k, n = xshape[-1], 32
     x = random_rows(xshape, dtype, "cpu", seed=xshape[0])
-    w, w_scale = ref.quantize_fp8_per_row(torch.randn(n, k, generator=_gen(2)))
-    bias = torch.randn(n, generator=_gen(3)).to(dtype)
+    w, w_scale = ref.quantize_fp8_per_row(torch.randn(n, k, generator=gen(2)))
+    bias = torch.randn(n, generator=gen(3)).to(dtype)
     out = torch.ops.slimops.fp8_dynamic_linear(x.to(device), w.to(device), w_scale.to(device), bias.to(device))
     assert out.shape == (*xshape[:-1], n) and out.dtype == dtype
     exact = ref.fp8_dynamic_linear(x.double(), w, w_scale.double(), bias.double())

@@ -7,10 +7,20 @@ import torch
 
 import slimops
 from slimops.reference import sparse as ref
-from tests.backends import IMPLS, TRITON_ONLY, _interp, get_impl, random_rows, skip_unsupported
+from tests.backends import (
+    EPS,
+    IMPLS,
+    TRITON_ONLY,
+    _interp,
+    assert_within,
+    gen,
+    get_impl,
+    random_rows,
+    skip_missing,
+    skip_unsupported,
+)
 
 pytestmark = pytest.mark.usefixtures("poison_empty")
-EPS = {torch.float32: 2.0**-24, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
 
 
 @pytest.fixture(params=IMPLS)
@@ -18,28 +28,8 @@ def impl(request):
     return get_impl(request.param)
 
 
-def _skip_missing(impl, op):
-    if impl.name == "cuda" and op in TRITON_ONLY:
-        pytest.skip(f"{op} has no CUDA C++ kernel (Triton only, DESIGN.md)")
-
-
-def _gen(seed):
-    return torch.Generator().manual_seed(seed)
-
-
 def _mask(n, k, density, seed):
-    return torch.rand(n, k, generator=_gen(seed)) < density
-
-
-def assert_within(got, exact, bound, what):
-    err = (got.double().cpu() - exact).abs()
-    bad = ~(err <= bound)
-    if bad.any():
-        i = bad.flatten().nonzero()[0].item()
-        raise AssertionError(
-            f"{what}: {bad.sum().item()} of {bad.numel()} out of bound; e.g. got {got.flatten()[i].item()}, "
-            f"exact {exact.flatten()[i].item()}, bound {bound.flatten()[i].item()}"
-        )
+    return torch.rand(n, k, generator=gen(seed)) < density
 
 
 def _bound(a_abs_mm, exact, dtype, k):
@@ -55,13 +45,13 @@ MASKED_CASES = [((m, 37), 17, 0.5) for m in range(1, 18)] + [((2, 3, 64), 5, 0.1
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("xshape,n,density", MASKED_CASES)
 def test_masked_linear_forward_and_grads(impl, xshape, n, density, dtype):
-    _skip_missing(impl, "masked_linear")
+    skip_missing(impl, "masked_linear")
     skip_unsupported(impl, dtype)
     k = xshape[-1]
     x = random_rows(xshape, dtype, "cpu", seed=n + k) * 2**-6
-    w = torch.randn(n, k, generator=_gen(n)).to(dtype)
+    w = torch.randn(n, k, generator=gen(n)).to(dtype)
     mask = _mask(n, k, density, seed=k)
-    bias = torch.randn(n, generator=_gen(3)).to(dtype)
+    bias = torch.randn(n, generator=gen(3)).to(dtype)
     grad = random_rows((*xshape[:-1], n), dtype, "cpu", seed=7) * 2**-6
     d = lambda t: t.to(impl.device)  # noqa: E731
     y = impl.masked_linear(d(x), d(w), d(mask), d(bias))
@@ -84,9 +74,9 @@ def test_masked_linear_forward_and_grads(impl, xshape, n, density, dtype):
 
 @pytest.mark.parametrize("layout", ["sliced", "transposed", "stepped"])
 def test_masked_linear_strided_inputs(impl, layout):
-    _skip_missing(impl, "masked_linear")
+    skip_missing(impl, "masked_linear")
     x = random_rows((9, 48), torch.float32, "cpu", seed=1, layout=layout)
-    w = torch.randn(20, 48, generator=_gen(2)).t().contiguous().t()  # a non-contiguous weight too
+    w = torch.randn(20, 48, generator=gen(2)).t().contiguous().t()  # a non-contiguous weight too
     mask = _mask(20, 48, 0.3, 3)
     y = impl.masked_linear(x.to(impl.device), w.to(impl.device), mask.to(impl.device), None)
     exact = ref.masked_linear(x.double(), w.double(), mask)
@@ -119,7 +109,7 @@ def test_pruned_weights_stay_zero_through_optimizer_steps(make_opt):
     w = (w * mask).requires_grad_()
     opt = make_opt([w])
     for step in range(5):
-        x = torch.randn(8, 24, generator=_gen(step))
+        x = torch.randn(8, 24, generator=gen(step))
         loss = slimops.ops.masked_linear(x, w, mask).pow(2).mean()
         opt.zero_grad()
         loss.backward()
@@ -132,7 +122,7 @@ def test_pruned_weights_stay_zero_through_optimizer_steps(make_opt):
 
 
 def _block_weight(n, k, bn, bk, density, seed, dtype=torch.float32):
-    g = _gen(seed)
+    g = gen(seed)
     keep = torch.rand(n // bn, k // bk, generator=g) < density
     mask = keep.repeat_interleave(bn, 0).repeat_interleave(bk, 1)
     return (torch.randn(n, k, generator=g) * mask).to(dtype), mask
@@ -154,13 +144,13 @@ def test_block_sparse_pack_matches_reference(density, blocks):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("m", [*range(1, 18), 123])
 def test_block_sparse_linear(impl, m, dtype):
-    _skip_missing(impl, "block_sparse_linear")
+    skip_missing(impl, "block_sparse_linear")
     skip_unsupported(impl, dtype)
     bn, bk = (16, 32) if m % 2 else (32, 16)
     w, _ = _block_weight(64, 96, bn, bk, density=0.4, seed=m, dtype=dtype)
     values, row_ptr, col_idx = ref.block_sparse_pack(w, None, bn, bk)
     x = random_rows((m, 96), dtype, "cpu", seed=m) * 2**-6
-    bias = torch.randn(64, generator=_gen(m)).to(dtype)
+    bias = torch.randn(64, generator=gen(m)).to(dtype)
     d = lambda t: t.to(impl.device)  # noqa: E731
     y = impl.block_sparse_linear(d(x), d(values), d(row_ptr), d(col_idx), d(bias))
     assert y.shape == (m, 64) and y.dtype == dtype
@@ -171,7 +161,7 @@ def test_block_sparse_linear(impl, m, dtype):
 
 @pytest.mark.parametrize("density", [0.0, 1.0])
 def test_block_sparse_linear_empty_and_full(impl, density):
-    _skip_missing(impl, "block_sparse_linear")
+    skip_missing(impl, "block_sparse_linear")
     w, _ = _block_weight(32, 64, 16, 16, density, seed=4)
     packed = ref.block_sparse_pack(w, None, 16, 16)
     x = random_rows((2, 3, 64), torch.float32, "cpu", seed=5, layout="contiguous")
@@ -189,8 +179,8 @@ OPS = torch.ops.slimops
 def _sample_args(device):
     d = lambda t: t.to(device)  # noqa: E731
     x = random_rows((5, 48), torch.float32, "cpu", seed=1) * 2**-4
-    w, mask = torch.randn(32, 48, generator=_gen(1)), _mask(32, 48, 0.5, 1)
-    grad = torch.randn(5, 32, generator=_gen(2))
+    w, mask = torch.randn(32, 48, generator=gen(1)), _mask(32, 48, 0.5, 1)
+    grad = torch.randn(5, 32, generator=gen(2))
     bw, _ = _block_weight(32, 48, 16, 16, 0.5, seed=3)
     packed = ref.block_sparse_pack(bw, None, 16, 16)
     return [
@@ -314,12 +304,12 @@ def test_bad_block_sizes_and_malformed_indices():
 
 def test_pruned_inf_and_nan_weights_contribute_nothing(impl):
     """The mask is a select: whatever a pruned weight holds, it adds exactly 0 (and its gradient is 0)."""
-    _skip_missing(impl, "masked_linear")
-    w = torch.randn(8, 16, generator=_gen(1))
+    skip_missing(impl, "masked_linear")
+    w = torch.randn(8, 16, generator=gen(1))
     mask = _mask(8, 16, 0.5, 2)
     w[~mask] = float("inf")
     w[~mask & (torch.arange(16) % 2 == 0)] = float("nan")
-    x, grad = torch.randn(3, 16, generator=_gen(3)), torch.randn(3, 8, generator=_gen(4))
+    x, grad = torch.randn(3, 16, generator=gen(3)), torch.randn(3, 8, generator=gen(4))
     d = lambda t: t.to(impl.device)  # noqa: E731
     y = impl.masked_linear(d(x), d(w), d(mask), None).cpu()
     gx = impl.masked_linear_grad_input(d(grad), d(w), d(mask)).cpu()

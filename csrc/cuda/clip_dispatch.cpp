@@ -24,8 +24,6 @@ std::vector<at::Tensor> as_list(at::TensorList tensors) { return tensors.vec(); 
 
 at::Tensor multi_tensor_norm_gpu(at::TensorList tensors, double norm_type, bool root) {
   static const OpBackend& op = op_backend("multi_tensor_norm");
-  validate_multi_tensor(tensors, "multi_tensor_norm");  // before the choice: both backends get these checks
-  validate_norm_type(norm_type, "multi_tensor_norm");
   if (choose(op, total_numel(tensors), /*have_cuda=*/true) == GpuBackend::Triton) {
     return call_triton<at::Tensor>(op, as_list(tensors), norm_type, root);
   }
@@ -34,9 +32,6 @@ at::Tensor multi_tensor_norm_gpu(at::TensorList tensors, double norm_type, bool 
 
 void multi_tensor_scale_gpu(at::TensorList tensors, const at::Tensor& total_norm, double max_norm) {
   static const OpBackend& op = op_backend("multi_tensor_scale_");
-  validate_multi_tensor(tensors, "multi_tensor_scale_");
-  validate_max_norm(max_norm, "multi_tensor_scale_");
-  if (!tensors.empty()) validate_scalar_tensor(total_norm, "total_norm", tensors[0].device(), "multi_tensor_scale_");
   if (choose(op, total_numel(tensors), /*have_cuda=*/true) == GpuBackend::Triton) {
     // The launcher scales in place and returns None (pybind11's object::cast<void> discards it).
     call_triton<void>(op, as_list(tensors), total_norm, max_norm);
@@ -49,13 +44,6 @@ at::Tensor clip_grad_norm_fused_gpu(at::TensorList grads, double max_norm, doubl
                                     const std::optional<at::Tensor>& inv_scale,
                                     const std::optional<at::Tensor>& found_inf) {
   static const OpBackend& op = op_backend("clip_grad_norm_fused_");
-  validate_multi_tensor(grads, "clip_grad_norm_fused_");
-  validate_max_norm(max_norm, "clip_grad_norm_fused_");
-  validate_norm_type(norm_type, "clip_grad_norm_fused_");
-  if (!grads.empty()) {
-    if (inv_scale.has_value()) validate_scalar_tensor(*inv_scale, "inv_scale", grads[0].device(), "clip_grad_norm_fused_");
-    if (found_inf.has_value()) validate_scalar_tensor(*found_inf, "found_inf", grads[0].device(), "clip_grad_norm_fused_");
-  }
   if (choose(op, total_numel(grads), /*have_cuda=*/true) == GpuBackend::Triton) {
     return call_triton<at::Tensor>(op, as_list(grads), max_norm, norm_type, inv_scale, found_inf);
   }

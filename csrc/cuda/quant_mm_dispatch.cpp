@@ -17,10 +17,10 @@ namespace {
 at::Tensor weight_int8_linear_gpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                                   const std::optional<at::Tensor>& bias) {
   static const OpBackend& op = op_backend("weight_int8_linear");
-  // Validated before the choice, so both backends get these checks. The
-  // problem size of this op's rule is M, the number of activation rows.
-  const MatmulGeometry g = validate_weight_int8_linear(x, weight, scale, bias);
-  if (choose(op, g.m, /*have_cuda=*/true) == GpuBackend::Triton) {
+  // The problem size of this op's rule is M, the number of activation rows.
+  // Each backend validates its arguments itself, so nothing is checked twice.
+  const int64_t rows = x.dim() == 0 || x.size(-1) == 0 ? x.numel() : x.numel() / x.size(-1);
+  if (choose(op, rows, /*have_cuda=*/true) == GpuBackend::Triton) {
     return call_triton<at::Tensor>(op, x, weight, scale, bias);
   }
   return weight_int8_linear_cuda(x, weight, scale, bias);

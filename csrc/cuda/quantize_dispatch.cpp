@@ -12,7 +12,6 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor> quantize_per_token_gpu(const at::Tensor& x) {
   static const OpBackend& op = op_backend("quantize_per_token");
-  validate_quantize_per_token(x);  // before the choice: both backends get these checks
   if (choose(op, x.numel(), /*have_cuda=*/true) == GpuBackend::Triton) {
     return call_triton<std::tuple<at::Tensor, at::Tensor>>(op, x);
   }
@@ -22,7 +21,6 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token_gpu(const at::Tensor& x) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_channel_gpu(const at::Tensor& x, int64_t axis,
                                                                         bool symmetric) {
   static const OpBackend& op = op_backend("quantize_per_channel");
-  validate_quantize_per_channel(x, axis);
   if (choose(op, x.numel(), /*have_cuda=*/true) == GpuBackend::Triton) {
     return call_triton<std::tuple<at::Tensor, at::Tensor, at::Tensor>>(op, x, axis, symmetric);
   }
@@ -32,7 +30,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_channel_gpu(const at
 at::Tensor dequantize_gpu(const at::Tensor& q, const at::Tensor& scale, const std::optional<at::Tensor>& zero_point,
                           c10::ScalarType out_dtype) {
   static const OpBackend& op = op_backend("dequantize");
-  validate_dequantize(q, scale, zero_point, out_dtype);
   if (choose(op, q.numel(), /*have_cuda=*/true) == GpuBackend::Triton) {
     return call_triton<at::Tensor>(op, q, scale, zero_point, out_dtype);
   }

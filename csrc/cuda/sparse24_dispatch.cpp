@@ -1,4 +1,4 @@
-// CUDA dispatch key of sparse24_linear: validate, then the mma.sp kernels
+// CUDA dispatch key of sparse24_linear: the mma.sp kernels
 // (csrc/cuda/sparse24.cu). There is no Triton implementation (Triton has no
 // sparse MMA), so there is no backend choice to make: SLIMOPS_BACKEND and
 // slimops.use_backend do not apply to this op.
@@ -11,10 +11,7 @@ namespace {
 
 at::Tensor sparse24_linear_gpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                                const std::optional<at::Tensor>& bias) {
-  // The launcher validates too; checking here first keeps the host-side
-  // contract of every CUDA-key kernel (csrc/checks.h).
-  validate_sparse24_linear(x, values, meta, bias);
-  return sparse24_linear_cuda(x, values, meta, bias);
+  return sparse24_linear_cuda(x, values, meta, bias);  // validates its arguments first
 }
 
 }  // namespace
