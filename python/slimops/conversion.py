@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -56,6 +56,17 @@ def _handler_for(config: Config, module: nn.Module) -> Handler | None:
     return None
 
 
+def build_replacement(module: nn.Module, config: Config) -> nn.Module:
+    """The module ``config`` would put in place of ``module``, built without touching any model.
+
+    Raises :class:`Unsupported` (with the reason) when no handler takes this module.
+    """
+    handler = _handler_for(config, module)
+    if handler is None:
+        raise Unsupported(f"{type(config).__name__} has no handler for {type(module).__name__}")
+    return handler(module, config)
+
+
 def _check_model(model: nn.Module) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"slimops.convert: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -97,22 +108,41 @@ def _swap(model: nn.Module, fqn: str, new: nn.Module) -> nn.Module:
     return old
 
 
+def _per_layer(configs: Mapping[str, Config | None]) -> list[tuple[Config, FilterFn]]:
+    """``{fqn: config}`` (a :func:`slimops.plan` result) as (config, filter) pairs, one per config."""
+    by_config: dict[int, tuple[Config, set[str]]] = {}
+    for fqn, c in configs.items():
+        if c is not None:
+            by_config.setdefault(id(c), (c, set()))[1].add(fqn)
+    return [(c, lambda m, fqn, names=names: fqn in names) for c, names in by_config.values()]
+
+
 def convert(
-    model: nn.Module, config: Config | Sequence[Config], filter_fn: FilterFn | None = None
+    model: nn.Module,
+    config: Config | Sequence[Config] | Mapping[str, Config | None],
+    filter_fn: FilterFn | None = None,
 ) -> nn.Module:
     """Swap the modules ``config`` applies to, in place, and return ``model``.
 
     Args:
         model: any ``nn.Module`` with materialized parameters.
-        config: a config, or a list applied in order (each sees the previous result).
+        config: a config; a list applied in order (each sees the previous result); or a
+            mapping ``{fqn: config or None}`` that names the config of each layer (what
+            :func:`slimops.plan` returns; ``None`` keeps a layer as it is).
         filter_fn: ``filter_fn(module, fqn) -> bool`` selects the modules to convert.
 
     Modules a handler refuses stay as they were and are listed, with the reason,
     in ``model.slimops_summary.skipped``. If building any replacement fails
     otherwise, the model is left exactly as it was.
     """
-    configs = list(config) if isinstance(config, (list, tuple)) else [config]
-    for c in configs:
+    if isinstance(config, Mapping):
+        steps = _per_layer(config)
+        if filter_fn is not None:
+            steps = [(c, lambda m, fqn, f=f: f(m, fqn) and filter_fn(m, fqn)) for c, f in steps]
+    else:
+        configs = list(config) if isinstance(config, (list, tuple)) else [config]
+        steps = [(c, filter_fn) for c in configs]
+    for c, _ in steps:
         if not isinstance(c, Config) or type(c) not in _HANDLERS:
             known = ", ".join(sorted(t.__name__ for t in _HANDLERS))
             raise TypeError(f"slimops.convert: config must be one of [{known}], got {type(c).__name__}")
@@ -120,8 +150,8 @@ def convert(
     summary = ConversionSummary()
     swapped: list[tuple[str, nn.Module]] = []
     try:
-        for c in configs:
-            for fqn, new in _plan(model, c, filter_fn, summary):
+        for c, select in steps:
+            for fqn, new in _plan(model, c, select, summary):
                 old = _swap(model, fqn, new)
                 swapped.append((fqn, old))
                 summary.converted[fqn] = f"{type(old).__name__} -> {type(new).__name__}"
