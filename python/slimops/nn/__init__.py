@@ -8,7 +8,7 @@ from slimops.nn.quantized import (
     Int8WeightOnlyLinear,
     ObservedLinear,
 )
-from slimops.nn.sparse import BlockSparseLinear, MaskedLinear, Sparse24Linear
+from slimops.nn.sparse import BlockSparseLinear, MaskedConv2d, MaskedLinear, Sparse24Linear
 
 __all__ = [
     "BlockSparseLinear",
@@ -17,6 +17,7 @@ __all__ = [
     "Int8DynamicLinear",
     "Int8StaticLinear",
     "Int8WeightOnlyLinear",
+    "MaskedConv2d",
     "MaskedLinear",
     "ObservedLinear",
     "Sparse24Linear",

@@ -10,13 +10,18 @@
   and its metadata for the sparse tensor cores. Both keep their packed data in
   buffers, so ``state_dict()`` holds the packed form and never the dense weight.
 
-Every forward is one call into :mod:`slimops.ops` with no data-dependent
+* :class:`MaskedConv2d` does for ``nn.Conv2d`` what :class:`MaskedLinear` does for
+  ``nn.Linear``, with eager torch ops (slimops has no convolution kernel): the
+  mask is a select on the weight, so pruned weights get an exact zero gradient.
+
+Every forward is one call into :mod:`slimops.ops` (or torch) with no data-dependent
 Python, so the modules run under ``torch.compile(fullgraph=True)``.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import slimops
@@ -133,6 +138,81 @@ class MaskedLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, sparsity={self.sparsity:.3f}"
+        )
+
+
+class MaskedConv2d(nn.Module):
+    """``conv2d(x, W ⊙ M) + b`` with a fixed bool mask ``M``, for training a pruned convolution.
+
+    ``weight`` and ``bias`` are the original ``nn.Conv2d``'s parameters (shared);
+    ``mask`` is a bool buffer shaped like the weight. The mask is applied with
+    ``torch.where``, whose gradient is exactly zero where the mask is False, so
+    pruned weights stay zero through any optimizer step (with :meth:`apply_mask_`
+    for momentum built before they were pruned, as for :class:`MaskedLinear`).
+    slimops has no convolution kernel: this is eager torch, and
+    :meth:`to_conv` gives back a plain ``nn.Conv2d`` holding the zeros.
+    """
+
+    def __init__(self, conv: nn.Conv2d, mask: torch.Tensor):
+        super().__init__()
+        if conv.padding_mode != "zeros":
+            raise Unsupported(f"padding_mode={conv.padding_mode!r} (only 'zeros' is handled)")
+        _check_mask(mask, conv.weight, "MaskedConv2d")
+        self.weight = conv.weight
+        self.bias = conv.bias
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        self.in_channels, self.out_channels, self.kernel_size = conv.in_channels, conv.out_channels, conv.kernel_size
+        self.register_buffer("mask", mask.to(conv.weight.device))  # bool, shaped like the weight
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, mask: torch.Tensor | None = None) -> MaskedConv2d:
+        """Wrap ``conv``, sharing its parameters; ``mask`` (all True if None) zeros what it prunes."""
+        if type(conv) is not nn.Conv2d:
+            raise Unsupported(f"{type(conv).__name__} is not an nn.Conv2d")
+        if not conv.weight.is_floating_point():
+            raise Unsupported(f"weight dtype {conv.weight.dtype} is not floating point")
+        module = cls(conv, torch.ones_like(conv.weight, dtype=torch.bool) if mask is None else mask)
+        module.apply_mask_()
+        return module
+
+    @torch.no_grad()
+    def set_mask(self, mask: torch.Tensor) -> None:
+        """Replace the mask and zero the weights it prunes, in place."""
+        _check_mask(mask, self.weight, "MaskedConv2d.set_mask")
+        self.mask.copy_(mask)
+        self.apply_mask_()
+
+    @torch.no_grad()
+    def apply_mask_(self) -> None:
+        """Zero the pruned weights in place."""
+        self.weight.mul_(self.mask)
+
+    @property
+    def sparsity(self) -> float:
+        """The fraction of weights the mask prunes."""
+        return 1.0 - self.mask.sum().item() / max(self.mask.numel(), 1)
+
+    def to_conv(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` holding ``W ⊙ M`` (new parameters, same dtype and device)."""
+        w = self.weight
+        conv = nn.Conv2d(
+            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
+            self.groups, bias=self.bias is not None, device=w.device, dtype=w.dtype,
+        )
+        with torch.no_grad():
+            conv.weight.copy_(w * self.mask)
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv.requires_grad_(w.requires_grad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = torch.where(self.mask, self.weight, torch.zeros((), dtype=self.weight.dtype, device=self.weight.device))
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, groups={self.groups}, bias={self.bias is not None}, sparsity={self.sparsity:.3f}"
         )
 
 
@@ -260,4 +340,4 @@ def dense_linear(weight: torch.Tensor, bias: torch.Tensor | None, requires_grad:
     return out.requires_grad_(requires_grad)
 
 
-__all__ = ["BLOCK_SIZES", "BlockSparseLinear", "MaskedLinear", "Sparse24Linear", "dense_linear"]
+__all__ = ["BLOCK_SIZES", "BlockSparseLinear", "MaskedConv2d", "MaskedLinear", "Sparse24Linear", "dense_linear"]

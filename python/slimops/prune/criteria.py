@@ -9,11 +9,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from slimops.nn.sparse import MaskedLinear
+from slimops.nn.sparse import MaskedConv2d, MaskedLinear
 
 
 def _prunable_weight(module: nn.Module) -> nn.Parameter | None:
-    if isinstance(module, (nn.Linear, nn.Conv2d, MaskedLinear)) and isinstance(module.weight, nn.Parameter):
+    if isinstance(module, (nn.Linear, nn.Conv2d, MaskedLinear, MaskedConv2d)) and isinstance(module.weight, nn.Parameter):
         return module.weight
     return None
 
@@ -28,7 +28,7 @@ class Criterion:
       backward pass on their own (do not call :meth:`observe` as well);
     * otherwise call ``criterion.observe(model)`` after each ``loss.backward()``
       and before ``optimizer.zero_grad()``; it reads ``.grad`` of every
-      ``nn.Linear``, ``nn.Conv2d`` and ``MaskedLinear`` weight.
+      ``nn.Linear``, ``nn.Conv2d``, ``MaskedLinear`` and ``MaskedConv2d`` weight.
 
     Statistics are kept per weight tensor (by identity) until :meth:`reset`.
     """

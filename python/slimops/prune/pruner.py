@@ -1,5 +1,5 @@
-"""The :class:`Pruner`: masks the ``nn.Linear`` layers of a model while it trains, updates the
-masks on a schedule, and packs each layer on :meth:`Pruner.finalize`."""
+"""The :class:`Pruner`: masks the ``nn.Linear`` and ``nn.Conv2d`` layers of a model while it
+trains, updates the masks on a schedule, and packs each layer on :meth:`Pruner.finalize`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from slimops.conversion import FilterFn, Unsupported
-from slimops.nn.sparse import MaskedLinear, check_linear
+from slimops.nn.sparse import MaskedConv2d, MaskedLinear, check_linear
 from slimops.prune.channels import (
     ChannelPruningError,
     channel_consumer,
@@ -26,11 +26,12 @@ from slimops.prune.selection import _check_sparsity, select_masks
 
 
 class Pruner:
-    """Prunes the ``nn.Linear`` layers of a model while it trains, then packs them.
+    """Prunes the ``nn.Linear`` and ``nn.Conv2d`` layers of a model while it trains, then packs them.
 
     The constructor swaps every selected ``nn.Linear`` for a :class:`MaskedLinear`
-    that shares its parameters (so an optimizer built before or after works) with
-    an all-True mask. Call :meth:`step` after each optimizer step: it advances
+    (and ``nn.Conv2d`` for a :class:`MaskedConv2d`) that shares its parameters (so
+    an optimizer built before or after works) with an all-True mask. Patterns see a
+    convolution's weight as ``[out_channels, in_channels * kh * kw]``. Call :meth:`step` after each optimizer step: it advances
     the schedule, updates the masks when the schedule says so (zeroing the newly
     pruned weights), and zeros any pruned weight an optimizer's old momentum
     moved. :meth:`finalize` turns each layer into its fastest packed form.
@@ -84,22 +85,22 @@ class Pruner:
         self.scope = scope
         self.model = model
         self.skipped: dict[str, str] = {}
-        self.layers: dict[str, MaskedLinear] = {}
+        self.layers: dict[str, MaskedLinear | MaskedConv2d] = {}
         self.step_count = 0
         self.current_sparsity = 0.0
         self.forms: dict[str, str] | None = None  # set by finalize
         self._final_stats: dict[str, LayerSparsity] = {}
 
-        planned: list[tuple[str, nn.Linear]] = []
+        planned: list[tuple[str, nn.Module]] = []
         for fqn, m in model.named_modules():
-            if not isinstance(m, nn.Linear) or (filter_fn is not None and not filter_fn(m, fqn)):
+            if not isinstance(m, (nn.Linear, nn.Conv2d)) or (filter_fn is not None and not filter_fn(m, fqn)):
                 continue
             try:
-                check_linear(m)
+                _check_prunable(m)
             except Unsupported as why:
                 self.skipped[fqn] = str(why)
                 continue
-            why = self.pattern.check(tuple(m.weight.shape))
+            why = self.pattern.check((m.weight.shape[0], m.weight[0].numel()))
             if why is None and isinstance(self.pattern, Channel):
                 try:
                     channel_consumer(model, fqn)
@@ -118,7 +119,7 @@ class Pruner:
         if not planned:
             warnings.warn("Pruner selected no layer", stacklevel=2)
         for fqn, m in planned:
-            masked = MaskedLinear.from_float(m)
+            masked = MaskedLinear.from_float(m) if isinstance(m, nn.Linear) else MaskedConv2d.from_float(m)
             _set_submodule(model, fqn, masked)
             self.layers[fqn] = masked
         self._hooks = []
@@ -195,7 +196,9 @@ class Pruner:
           are removed (:func:`remove_channels`), leaving a smaller dense ``nn.Linear``;
         * a 2:4 mask: :class:`Sparse24Linear`;
         * a mask with at least ``min_zero_tiles`` of its tiles empty: :class:`BlockSparseLinear`;
-        * otherwise a dense ``nn.Linear`` holding the zeros (sparsity that does not pay).
+        * otherwise a dense ``nn.Linear`` holding the zeros (sparsity that does not pay);
+        * a convolution: a dense ``nn.Conv2d`` holding the zeros (slimops has no sparse
+          convolution kernel), or fewer channels with the channel pattern.
 
         Returns ``{fqn: form}`` (also in :attr:`forms` and :meth:`sparsity_report`).
         The new modules do not train: they are for inference (or further conversion).
@@ -209,25 +212,31 @@ class Pruner:
         for fqn, layer in self.layers.items():
             stats[fqn] = LayerSparsity(tuple(layer.weight.shape), layer.mask.numel(), int((~layer.mask).sum()))
             masks[fqn] = layer.mask.clone()
-            _set_submodule(self.model, fqn, layer.to_linear())
+            plain = layer.to_linear() if isinstance(layer, MaskedLinear) else layer.to_conv()
+            _set_submodule(self.model, fqn, plain)
         forms: dict[str, str] = {}
         if isinstance(self.pattern, Channel):
             for fqn in self.layers:
-                linear = self.model.get_submodule(fqn)
-                rows = masks[fqn].any(dim=1)
-                before = linear.out_features
+                layer = self.model.get_submodule(fqn)
+                kind = type(layer).__name__
+                rows = masks[fqn].reshape(masks[fqn].shape[0], -1).any(dim=1)
+                before = layer.weight.shape[0]
                 if rows.all():
-                    forms[fqn] = "Linear (dense: no channel pruned)"
+                    forms[fqn] = f"{kind} (dense: no channel pruned)"
                     continue
                 consumer = remove_channels(self.model, fqn, rows)
                 masks[fqn] = masks[fqn][rows]
                 if consumer in masks:
                     masks[consumer] = masks[consumer][:, rows]
-                forms[fqn] = f"Linear (shrunk: {before} -> {int(rows.sum())} outputs; {consumer} reads fewer inputs)"
+                forms[fqn] = f"{kind} (shrunk: {before} -> {int(rows.sum())} outputs; {consumer} reads fewer inputs)"
         else:
             for fqn in self.layers:
-                linear = self.model.get_submodule(fqn)
-                module, forms[fqn] = pack_linear(linear.weight, linear.bias, masks[fqn], min_zero_tiles)
+                layer = self.model.get_submodule(fqn)
+                if isinstance(layer, nn.Conv2d):
+                    zeros = 1.0 - masks[fqn].float().mean().item()
+                    forms[fqn] = f"Conv2d (dense: {zeros:.0%} sparse; slimops has no sparse convolution kernel)"
+                    continue
+                module, forms[fqn] = pack_linear(layer.weight, layer.bias, masks[fqn], min_zero_tiles)
                 _set_submodule(self.model, fqn, module)
         for fqn, form in forms.items():
             stats[fqn].form = form
@@ -235,6 +244,19 @@ class Pruner:
         self.forms = forms
         self.layers = {}
         return dict(forms)
+
+
+def _check_prunable(layer: nn.Module) -> None:
+    """Raise :class:`Unsupported` for a layer the Pruner cannot mask."""
+    if isinstance(layer, nn.Conv2d):
+        if type(layer) is not nn.Conv2d:
+            raise Unsupported(f"{type(layer).__name__} subclasses nn.Conv2d (its forward would be lost)")
+        if layer.padding_mode != "zeros":
+            raise Unsupported(f"padding_mode={layer.padding_mode!r} (only 'zeros' is handled)")
+        if not layer.weight.is_floating_point():
+            raise Unsupported(f"weight dtype {layer.weight.dtype} is not floating point")
+        return
+    check_linear(layer)
 
 
 def _set_submodule(model: nn.Module, fqn: str, new: nn.Module) -> None:
