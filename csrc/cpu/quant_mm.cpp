@@ -5,6 +5,7 @@
 // at a time into a small fp32 buffer and hands it to ATen's fp32 GEMM, so the
 // full dequantized weight never exists. quantize_fp8_per_row follows
 // python/slimops/reference/quant_mm.py bit for bit.
+#include <ATen/ThreadLocalState.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -122,7 +123,11 @@ at::Tensor weight_int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
   const int8_t* w = W.data_ptr<int8_t>();
   const float* s = S.data_ptr<float>();
   const int64_t blocks = (g.n + kDequantRows - 1) / kDequantRows;
+  // ATen ops on the worker threads must see the caller's thread-local state (inference
+  // mode, dispatch-key guards); OpenMP workers do not inherit it.
+  const at::ThreadLocalState caller_state;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    at::ThreadLocalStateGuard state_guard(caller_state);
     at::Tensor deq = at::empty({kDequantRows, g.k}, x32.options());
     float* d = deq.data_ptr<float>();
     for (int64_t blk = b0; blk < b1; ++blk) {

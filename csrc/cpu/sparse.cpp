@@ -4,6 +4,7 @@
 // apply the mask in registers) and compute in fp32, rounded once to the
 // input's dtype as the GPU kernels do. The block-sparse linear multiplies
 // only the stored tiles, one block row per parallel task.
+#include <ATen/ThreadLocalState.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
@@ -90,7 +91,11 @@ at::Tensor block_sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values
   at::Tensor out_t = at::zeros({g.n, g.m}, x2.options());
   const int32_t* rpp = rp.data_ptr<int32_t>();
   const int32_t* cip = ci.data_ptr<int32_t>();
+  // ATen ops on the worker threads must see the caller's thread-local state (inference
+  // mode, dispatch-key guards); OpenMP workers do not inherit it.
+  const at::ThreadLocalState caller_state;
   at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {
+    at::ThreadLocalStateGuard state_guard(caller_state);
     for (int64_t r = r0; r < r1; ++r) {
       at::Tensor dst = out_t.narrow(0, r * bn, bn);
       for (int32_t t = rpp[r]; t < rpp[r + 1]; ++t) {
