@@ -75,7 +75,7 @@ import torch
 import triton
 import triton.language as tl
 
-from slimops.kernels._tiles import grouped_tile, m_bucket
+from slimops.kernels._tiles import autotune, grouped_tile, m_bucket
 
 from slimops.ops._checks_sparse import validate_block_sparse_linear
 
@@ -306,12 +306,12 @@ if _INTERPRET or NO_AUTOTUNE:
 else:
     # Triton adds the tensor dtypes to the key.
     _AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "BLOCK_N", "BLOCK_K", "SUB_K"]
-    _decode_kernel = triton.autotune(
+    _decode_kernel = autotune(
         configs=_DECODE_CONFIGS,
         key=_AUTOTUNE_KEY,
         prune_configs_by={"early_config_prune": _prune_decode_configs},
     )(_block_sparse_linear_kernel)
-    _gemm_kernel = triton.autotune(
+    _gemm_kernel = autotune(
         configs=[c for c, _, _ in _GEMM_CONFIG_TABLE],
         key=_AUTOTUNE_KEY,
         prune_configs_by={"early_config_prune": _prune_gemm_configs},

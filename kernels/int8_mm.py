@@ -59,7 +59,7 @@ import torch
 import triton
 import triton.language as tl
 
-from slimops.kernels._tiles import grouped_tile, m_bucket
+from slimops.kernels._tiles import autotune, grouped_tile, m_bucket
 
 from slimops.ops._checks_quant_mm import validate_int8_mm
 
@@ -182,7 +182,7 @@ _even_k = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] 
 if _INTERPRET or NO_AUTOTUNE:
     _int8_mm = _even_k(_int8_mm_kernel)
 else:
-    _int8_mm = triton.autotune(
+    _int8_mm = autotune(
         configs=[cfg for cfg, _, _ in _CONFIG_TABLE],
         key=["M_BUCKET", "N", "K"],
         prune_configs_by={"early_config_prune": _prune_configs},

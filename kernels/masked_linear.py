@@ -75,7 +75,7 @@ import torch
 import triton
 import triton.language as tl
 
-from slimops.kernels._tiles import grouped_tile, m_bucket
+from slimops.kernels._tiles import autotune, grouped_tile, m_bucket
 
 from slimops.ops._checks_sparse import (
     validate_masked_linear,
@@ -391,17 +391,17 @@ else:
     # Triton adds the tensor dtypes to the key; stride_wk tells the forward's weight
     # (K-contiguous) from grad_input's transposed one.
     _AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "stride_wk"]
-    _decode_kernel = triton.autotune(
+    _decode_kernel = autotune(
         configs=_DECODE_CONFIGS,
         key=_AUTOTUNE_KEY,
         prune_configs_by={"early_config_prune": _prune_decode_configs},
     )(_kernel)
-    _gemm_kernel = triton.autotune(
+    _gemm_kernel = autotune(
         configs=[c for c, _, _ in _GEMM_CONFIG_TABLE],
         key=_AUTOTUNE_KEY,
         prune_configs_by={"early_config_prune": _prune_gemm_configs},
     )(_kernel)
-    _grad_weight_kernel = triton.autotune(
+    _grad_weight_kernel = autotune(
         configs=_GW_CONFIGS,
         key=["M_BUCKET", "N", "K"],
         prune_configs_by={"early_config_prune": _prune_gw_configs},

@@ -77,7 +77,7 @@ import torch
 import triton
 import triton.language as tl
 
-from slimops.kernels._tiles import m_bucket
+from slimops.kernels._tiles import autotune, m_bucket
 
 from slimops.ops._checks_quant_mm import validate_weight_int8_linear
 
@@ -328,12 +328,12 @@ if _INTERPRET or NO_AUTOTUNE:
 else:
     # Triton adds the tensor dtypes to the key.
     _AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "GROUPED", "GROUP_SIZE"]
-    _decode_kernel = triton.autotune(
+    _decode_kernel = autotune(
         configs=_DECODE_CONFIGS,
         key=_AUTOTUNE_KEY,
         prune_configs_by={"early_config_prune": _prune_decode_configs},
     )(_kernel)
-    _gemm_kernel = triton.autotune(
+    _gemm_kernel = autotune(
         configs=[c for c, _, _ in _GEMM_CONFIG_TABLE],
         key=_AUTOTUNE_KEY,
         prune_configs_by={"early_config_prune": _prune_gemm_configs},
