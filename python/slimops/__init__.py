@@ -3,7 +3,8 @@
 Three ways in:
 
 * ``torch.ops.slimops.*`` (or the typed wrappers in :mod:`slimops.ops`);
-* ``slimops.convert(model, config)`` to swap modules in an existing model;
+* ``slimops.convert(model, config)`` to swap modules in an existing model, and
+  ``slimops.report`` / ``slimops.plan`` to see and choose what it does;
 * ``slimops bench`` for the microbenchmarks.
 
 ``import slimops`` always works; :func:`slimops.backends` says which backends
@@ -32,6 +33,8 @@ from slimops.quant import (
 from slimops.serialization import load, save
 from slimops import distill, prune  # noqa: F401  (slimops.prune.Pruner, slimops.distill.kd_loss)
 from slimops.prune import SparseConfig
+from slimops.report import CompressionReport, LayerReport, report
+from slimops.plan import Plan, plan
 
 __version__ = "0.1.0"
 
@@ -50,15 +53,18 @@ def backends() -> dict[str, bool]:
 
 
 __all__ = [
+    "CompressionReport",
     "ConversionSummary",
     "Fp8DynamicConfig",
     "HalfConfig",
     "Int8DynamicConfig",
     "Int8StaticConfig",
     "Int8WeightOnlyConfig",
+    "LayerReport",
     "MinMaxObserver",
     "MovingAverageMinMaxObserver",
     "PercentileObserver",
+    "Plan",
     "SparseConfig",
     "backends",
     "clip_grad_norm_",
@@ -67,8 +73,10 @@ __all__ = [
     "distill",
     "install",
     "load",
+    "plan",
     "prepare",
     "prune",
+    "report",
     "save",
     "uninstall",
     "use_backend",

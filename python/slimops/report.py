@@ -1,0 +1,607 @@
+"""``slimops.report(original, converted, example_inputs)``: what compression did to a model.
+
+Per layer: the module type before and after, the bytes it holds, the sparsity of
+its weight, and the SQNR of its output against the original layer. For the whole
+model: size, latency and, when an ``eval_fn`` is given, a metric, before and after.
+
+The per-layer SQNR is measured in isolation: the original model runs once with
+forward hooks that record every input and output of each reported layer, then
+the converted layer at the same fqn runs on those *recorded* inputs. The error
+of one layer therefore never includes the error of the layers before it (an
+end-to-end comparison would blame the last layer for everything upstream).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import numbers
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+EvalFn = Callable[[nn.Module], "float | dict[str, float]"]
+
+
+@dataclasses.dataclass
+class LayerReport:
+    """One layer of :class:`CompressionReport`.
+
+    ``sparsity`` is the fraction of zeros in the converted layer's effective dense
+    weight (None when it has no weight). ``sqnr_db`` is
+    ``10 log10(sum(ref^2) / sum((ref - out)^2))`` over every call of the layer in one
+    forward: ``inf`` when the outputs are identical, None when they cannot be
+    compared (``note`` says why).
+    """
+
+    name: str
+    type_before: str
+    type_after: str | None  # None: no module at this fqn in the converted model
+    bytes_before: int
+    bytes_after: int | None
+    sparsity: float | None
+    sqnr_db: float | None
+    note: str | None = None
+
+
+@dataclasses.dataclass
+class CompressionReport:
+    """What :func:`report` measured. ``size_ratio`` and ``latency_ratio`` are after / before:
+    below 1 means smaller / faster."""
+
+    layers: list[LayerReport]
+    size_before: int  # bytes of every parameter and buffer, shared tensors counted once
+    size_after: int
+    latency_before_s: float  # median of the timed forwards
+    latency_after_s: float
+    metric_before: float | dict[str, float] | None
+    metric_after: float | dict[str, float] | None
+    device: str
+
+    @property
+    def size_ratio(self) -> float:
+        return self.size_after / self.size_before if self.size_before else math.nan
+
+    @property
+    def latency_ratio(self) -> float:
+        return self.latency_after_s / self.latency_before_s if self.latency_before_s else math.nan
+
+    def __getitem__(self, name: str) -> LayerReport:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-safe data (what :meth:`to_json` writes).
+
+        NOTE: JSON has no infinity, so non-finite floats become strings: ``"inf"``
+        (identical outputs), ``"-inf"``, ``"nan"``. None stays null (not comparable).
+        """
+        d = dataclasses.asdict(self)
+        d["size_ratio"] = self.size_ratio
+        d["latency_ratio"] = self.latency_ratio
+        return _json_safe(d)
+
+    def to_json(self, path: str | os.PathLike | None = None, indent: int = 2) -> str:
+        """The report as JSON text, also written to ``path`` when given.
+
+        Args:
+            path: file to write (None: only return the text).
+            indent: JSON indentation.
+        """
+        # allow_nan=False: fail loudly rather than write Infinity/NaN, which is not JSON.
+        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        if path is not None:
+            with open(path, "w") as f:
+                f.write(text + "\n")
+        return text
+
+    def table(self):
+        """A ``rich.table.Table`` of the layers (the whole-model summary is printed below it by :meth:`print`)."""
+        from rich.table import Table
+
+        t = Table(title=f"slimops report · {self.device}", title_justify="left")
+        t.add_column("layer")
+        t.add_column("before")
+        t.add_column("after")
+        for col in ("bytes before", "bytes after", "sparsity", "SQNR dB"):
+            t.add_column(col, justify="right")
+        has_note = any(layer.note for layer in self.layers)
+        if has_note:
+            t.add_column("note", overflow="fold")
+        for layer in self.layers:
+            changed = layer.type_after != layer.type_before
+            row = [
+                layer.name or "(model)",
+                layer.type_before,
+                ("[bold]" if changed else "") + (layer.type_after or "-"),
+                _fmt_bytes(layer.bytes_before),
+                _fmt_bytes(layer.bytes_after),
+                "-" if layer.sparsity is None else f"{layer.sparsity:.1%}",
+                _fmt_sqnr(layer.sqnr_db),
+            ]
+            t.add_row(*row, *([layer.note or ""] if has_note else []))
+        return t
+
+    def _summary(self) -> list[str]:
+        parts = [
+            f"size {_fmt_bytes(self.size_before)} -> {_fmt_bytes(self.size_after)} (x{self.size_ratio:.3f})",
+            (
+                f"latency {_fmt_seconds(self.latency_before_s)} -> {_fmt_seconds(self.latency_after_s)} "
+                f"(x{self.latency_ratio:.3f}, <1 is faster)"
+            ),
+        ]
+        if self.metric_before is not None or self.metric_after is not None:
+            parts.append(f"metric {_fmt_metric(self.metric_before)} -> {_fmt_metric(self.metric_after)}")
+        return parts
+
+    def __rich__(self):
+        from rich.console import Group
+        from rich.text import Text
+
+        return Group(self.table(), *(Text(line) for line in self._summary()))
+
+    def __str__(self) -> str:
+        lines = [f"{'layer':<24} {'before':<20} {'after':<20} {'bytes':>22} {'sparsity':>9} {'SQNR dB':>8}"]
+        for layer in self.layers:
+            size = f"{_fmt_bytes(layer.bytes_before)} -> {_fmt_bytes(layer.bytes_after)}"
+            sparsity = "-" if layer.sparsity is None else f"{layer.sparsity:.1%}"
+            lines.append(
+                f"{layer.name or '(model)':<24} {layer.type_before:<20} {layer.type_after or '-':<20} "
+                f"{size:>22} {sparsity:>9} {_fmt_sqnr(layer.sqnr_db):>8}"
+            )
+        return "\n".join(lines + self._summary())
+
+    def print(self, console=None) -> None:
+        """Print :meth:`table`.
+
+        Args:
+            console: a ``rich.console.Console`` (stdout if None).
+        """
+        from rich.console import Console
+
+        console = console or Console()
+        if not console.is_terminal:
+            # A log file or pipe: rich would assume 80 columns and squeeze the cells.
+            console.width = max(console.width, 160)
+        console.print(self)
+
+    def plot(self, path: str | os.PathLike) -> None:
+        """Write a PNG: per-layer bytes before/after (top) and per-layer SQNR (bottom).
+
+        An ``inf`` SQNR (identical output) is drawn as a hatched bar 10 dB above the
+        highest finite one; a layer without SQNR gets no bar.
+
+        Args:
+            path: the PNG file to write.
+        """
+        try:
+            from matplotlib.backends.backend_agg import FigureCanvasAgg
+            from matplotlib.figure import Figure
+        except ImportError as e:  # not a dependency of slimops: only this method needs it
+            raise ImportError("CompressionReport.plot needs matplotlib: pip install matplotlib") from e
+
+        names = [layer.name or "(model)" for layer in self.layers]
+        x = list(range(len(names)))
+        # Figure + FigureCanvasAgg rather than pyplot: no global state, never needs a display.
+        fig = Figure(figsize=(max(6.0, 0.5 * len(names) + 2), 7), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax_size, ax_err = fig.subplots(2, 1, sharex=True)
+
+        w = 0.4
+        before = [layer.bytes_before / 1024 for layer in self.layers]
+        after = [(layer.bytes_after or 0) / 1024 for layer in self.layers]
+        ax_size.bar([i - w / 2 for i in x], before, w, label="before")
+        ax_size.bar([i + w / 2 for i in x], after, w, label="after")
+        ax_size.set_ylabel("KiB")
+        ax_size.set_title(
+            f"size x{self.size_ratio:.3f}, latency x{self.latency_ratio:.3f} ({self.device})", loc="left"
+        )
+        ax_size.legend()
+
+        finite = [layer.sqnr_db for layer in self.layers if layer.sqnr_db is not None and math.isfinite(layer.sqnr_db)]
+        cap = (max(finite) if finite else 0.0) + 10.0
+        for i, layer in enumerate(self.layers):
+            s = layer.sqnr_db
+            if s is None or math.isnan(s):
+                continue
+            if math.isinf(s) and s > 0:
+                ax_err.bar(i, cap, 0.6, color="lightgray", hatch="//", edgecolor="gray")
+                ax_err.text(i, cap, "inf", ha="center", va="bottom")
+            else:
+                ax_err.bar(i, s, 0.6, color="tab:green")
+        ax_err.set_ylim(top=cap * 1.15 if cap > 0 else None)  # room for the "inf" labels
+        ax_err.set_ylabel("output SQNR (dB)")
+        ax_err.set_xticks(x, names, rotation=45, ha="right")
+        fig.savefig(path, format="png")
+
+
+def report(
+    original: nn.Module,
+    converted: nn.Module,
+    example_inputs: tuple | list | torch.Tensor | Mapping[str, Any],
+    eval_fn: EvalFn | None = None,
+    *,
+    repeats: int = 20,
+    warmup: int = 3,
+) -> CompressionReport:
+    """Compare ``converted`` with ``original``: per-layer size, sparsity and error; model size, latency, metric.
+
+    Layers reported: every leaf module of ``original`` that holds parameters or
+    buffers, and every fqn whose module type differs between the two models (the
+    outermost one when a whole block was replaced; leaves inside it are then not
+    listed). The per-layer rows need not add up to the model size.
+
+    Both models run under ``torch.no_grad`` in their *current* train/eval
+    mode: nothing is switched for you. Call ``.eval()`` on both first, or dropout
+    makes every SQNR noise (a model in training mode gets a warning). The inputs
+    are passed as they are: put them on the models' device.
+
+    Args:
+        original: the uncompressed model.
+        converted: the compressed model (e.g. ``slimops.convert(copy.deepcopy(original), config)``);
+            its layers are matched to ``original``'s by fqn.
+        example_inputs: the positional arguments of one forward as a tuple (a lone
+            tensor is wrapped), or a dict of keyword arguments (``{"input_ids": ...}``).
+            Every reported layer's inputs and outputs are kept in memory: keep it small.
+        eval_fn: ``eval_fn(model) -> float | dict[str, float]``, called once on each model
+            (outside ``no_grad``: it sets up its own grad mode and data).
+        repeats: timed forwards per model, the two models taking turns; the latency is
+            their median (with a CUDA synchronize around each when the model is on a GPU).
+        warmup: untimed forwards per model before timing.
+
+    Returns:
+        A :class:`CompressionReport`; ``.print()`` shows it, ``.to_json(path)`` and
+        ``.plot(path)`` save it.
+    """
+    for arg, value in (("original", original), ("converted", converted)):
+        if not isinstance(value, nn.Module):
+            raise TypeError(f"slimops.report: {arg} must be a torch.nn.Module, got {type(value).__name__}")
+    args, kwargs = _split_inputs(example_inputs)
+    if eval_fn is not None and not callable(eval_fn):
+        raise TypeError(f"slimops.report: eval_fn must be callable or None, got {type(eval_fn).__name__}")
+    for arg, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"slimops.report: {arg} must be an int, got {type(value).__name__}")
+        if value < low:
+            raise ValueError(f"slimops.report: {arg} must be >= {low}, got {value}")
+    if original is converted:
+        warnings.warn(
+            "slimops.report: original and converted are the same object (slimops.convert works in place: "
+            "convert a copy.deepcopy of the model)",
+            stacklevel=2,
+        )
+    for arg, value in (("original", original), ("converted", converted)):
+        if value.training:
+            warnings.warn(
+                f"slimops.report: {arg} is in training mode (dropout and batch norm differ from eval); "
+                "call .eval() on both models first",
+                stacklevel=2,
+            )
+
+    names = _select_layers(original, converted)
+    conv_modules = dict(converted.named_modules())
+    # NOTE: no_grad, not inference_mode: with more than one CPU thread, the CPU
+    # weight_int8_linear kernel fails under inference_mode (its parallel_for workers
+    # write into an inference tensor without the inference-mode thread state).
+    with torch.no_grad():
+        calls = _record_calls(original, names, args, kwargs)
+        layers = []
+        for name in names:
+            before = original.get_submodule(name)
+            after = conv_modules.get(name)
+            layer = LayerReport(
+                name=name,
+                type_before=type(before).__name__,
+                type_after=None if after is None else type(after).__name__,
+                bytes_before=tensor_bytes(before),
+                bytes_after=None if after is None else tensor_bytes(after),
+                sparsity=None if after is None else weight_sparsity(after),
+                sqnr_db=None,
+            )
+            if after is None:
+                layer.note = "no module at this fqn in the converted model"
+            else:
+                layer.sqnr_db, layer.note = _layer_sqnr(after, calls[name])
+            layers.append(layer)
+        latency_before, latency_after = _median_latencies([original, converted], args, kwargs, repeats, warmup)
+
+    metric_before = metric_after = None
+    if eval_fn is not None:
+        metric_before = _metric(eval_fn(original))
+        metric_after = _metric(eval_fn(converted))
+
+    return CompressionReport(
+        layers=layers,
+        size_before=tensor_bytes(original),
+        size_after=tensor_bytes(converted),
+        latency_before_s=latency_before,
+        latency_after_s=latency_after,
+        metric_before=metric_before,
+        metric_after=metric_after,
+        device=_describe_device(_device_of(converted)),
+    )
+
+
+def tensor_bytes(module: nn.Module) -> int:
+    """Bytes of every parameter and buffer of ``module`` and its children, each tensor counted once.
+
+    Quantized and packed weights live in buffers, so both are counted. Tied weights
+    (the same tensor reached by two names, or two tensors viewing the same memory
+    with the same shape) count once.
+    """
+    seen: set[tuple] = set()
+    total = 0
+    for t in [*module.parameters(), *module.buffers()]:
+        key = (t.device, t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
+
+
+@torch.no_grad()
+def weight_sparsity(module: nn.Module) -> float | None:
+    """Fraction of zeros in ``module``'s effective dense weight; None if it has no weight.
+
+    Packed slimops modules are read in their own format (the dense weight is only
+    built for the block-sparse one, whose packed tiles hold no position).
+    """
+    from slimops.nn import BlockSparseLinear, Fp8DynamicLinear, MaskedLinear, Sparse24Linear
+
+    if isinstance(module, MaskedLinear):
+        # The forward uses W ⊙ M: an entry is zero if masked out or if its weight is zero.
+        w = module.weight.detach()
+        return _zero_fraction(torch.where(module.mask.to(w.device), w, torch.zeros((), dtype=w.dtype, device=w.device)))
+    if isinstance(module, BlockSparseLinear):
+        return _zero_fraction(module.to_dense())
+    if isinstance(module, Sparse24Linear):
+        # The dense weight is `values` scattered into [N, K] with zeros elsewhere (K/2 per row), so
+        # its non-zeros are exactly those of `values`.
+        nonzero = torch.count_nonzero(module.values).item()
+        return 1.0 - nonzero / max(module.out_features * module.in_features, 1)
+    if isinstance(module, Fp8DynamicLinear):
+        # The stored weight is zero-padded to multiples of 16: judge only the real [N, K] part.
+        return _zero_fraction(module.weight[: module.out_features, : module.in_features].float())
+    w = getattr(module, "weight", None)
+    # int8 modules land here too: a zero of the int8 weight is a zero of the dequantized one.
+    return _zero_fraction(w) if isinstance(w, torch.Tensor) else None
+
+
+def _zero_fraction(w: torch.Tensor) -> float:
+    return 1.0 - torch.count_nonzero(w).item() / max(w.numel(), 1)
+
+
+def _split_inputs(example_inputs) -> tuple[tuple, dict]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    if isinstance(example_inputs, Mapping):
+        bad = [k for k in example_inputs if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"slimops.report: example_inputs dict keys must be str (keyword names), got {bad[0]!r}")
+        return (), dict(example_inputs)
+    raise TypeError(
+        "slimops.report: example_inputs must be a tuple of positional arguments, a Tensor, or a dict of "
+        f"keyword arguments, got {type(example_inputs).__name__}"
+    )
+
+
+def _is_under(fqn: str, parent: str) -> bool:
+    return fqn.startswith(parent + ".")
+
+
+def _select_layers(original: nn.Module, converted: nn.Module) -> list[str]:
+    """The reported fqns, in ``original``'s module order (see :func:`report`)."""
+    conv_types = {fqn: type(m) for fqn, m in converted.named_modules()}
+    # The root is left out of "changed": a wrapper around the whole model (torch.compile's
+    # OptimizedModule) would otherwise collapse the report into one row.
+    changed = [
+        fqn for fqn, m in original.named_modules() if fqn and fqn in conv_types and conv_types[fqn] is not type(m)
+    ]
+    outer = [f for f in changed if not any(_is_under(f, c) for c in changed)]
+    names = []
+    for fqn, m in original.named_modules():
+        if fqn in outer:
+            names.append(fqn)
+        elif any(_is_under(fqn, c) for c in outer):
+            continue  # replaced together with its ancestor
+        elif next(m.children(), None) is None and (
+            next(m.parameters(recurse=False), None) is not None or next(m.buffers(recurse=False), None) is not None
+        ):
+            names.append(fqn)
+    return names
+
+
+def _clone(obj):
+    """Copy of the tensors in ``obj`` (nested tuples, lists and plain dicts), detached.
+
+    NOTE: a later in-place op (``ReLU(inplace=True)``) would otherwise overwrite a
+    recorded output, which is also the next layer's recorded input. Other objects
+    (caches, configs) are passed on as they are.
+    """
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return type(obj)(*(_clone(v) for v in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_clone(v) for v in obj)
+    if type(obj) is dict:
+        return {k: _clone(v) for k, v in obj.items()}
+    return obj
+
+
+def _tensors(obj) -> list[torch.Tensor]:
+    """The tensors in ``obj`` in a fixed order (tuples, lists, dict values)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for v in obj for t in _tensors(v)]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    return []
+
+
+def _record_calls(model: nn.Module, names: list[str], args: tuple, kwargs: dict) -> dict[str, list]:
+    """Run ``model`` once; return ``{fqn: [(args, kwargs, output tensors), ...]}``, one entry per call."""
+    calls: dict[str, list] = {name: [] for name in names}
+    handles = []
+
+    def make_hook(name):
+        def hook(module, a, kw, out):
+            # Only the output's tensors are compared, so they are all that is kept of it.
+            calls[name].append((_clone(a), _clone(kw), [t.detach().clone() for t in _tensors(out)]))
+
+        return hook
+
+    try:
+        for name in names:
+            handles.append(model.get_submodule(name).register_forward_hook(make_hook(name), with_kwargs=True))
+        model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def _layer_sqnr(module: nn.Module, calls: list) -> tuple[float | None, str | None]:
+    """``(SQNR in dB, note)`` of ``module`` run on the recorded calls of the original layer."""
+    if not calls:
+        return None, "not called by the forward"
+    signal = noise = 0.0
+    for args, kwargs, refs in calls:
+        try:
+            out = module(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 (any failure means: not comparable on these inputs)
+            # Typically a layer whose input channels were pruned: it cannot take the original input.
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            return None, f"not comparable: fails on the original inputs ({type(e).__name__}: {first_line})"
+        outs = _tensors(out)
+        if not refs:
+            return None, "no tensor output"
+        if len(refs) != len(outs):
+            return None, f"not comparable: {len(refs)} output tensors before, {len(outs)} after"
+        for r, o in zip(refs, outs):
+            if r.shape != o.shape:
+                return None, (
+                    f"not comparable: output shape {list(r.shape)} -> {list(o.shape)} (channels pruned?)"
+                )
+            # float64 for both: the outputs may differ in dtype, and fp32 sums of squares lose digits.
+            r64, o64 = r.double(), o.to(device=r.device).double()
+            signal += r64.pow(2).sum().item()
+            noise += (r64 - o64).pow(2).sum().item()
+    if math.isnan(signal) or math.isnan(noise):
+        return math.nan, "NaN in the outputs"
+    if noise == 0:
+        return math.inf, None
+    if signal == 0:
+        return -math.inf, None
+    return 10 * math.log10(signal / noise), None
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    t = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if t is None else t.device
+
+
+def _describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def _median_latencies(models: list[nn.Module], args: tuple, kwargs: dict, repeats: int, warmup: int) -> list[float]:
+    """Median seconds of one forward of each model over ``repeats`` runs, after ``warmup`` untimed ones.
+
+    The models take turns (A B A B ...), so a slow drift of the machine (clock
+    boost, another process) falls on both alike rather than on whichever ran first.
+    """
+    syncs = []
+    for model in models:
+        device = _device_of(model)
+        # CUDA launches are asynchronous: without a sync the clock would only measure the launches.
+        syncs.append((lambda d=device: torch.cuda.synchronize(d)) if device.type == "cuda" else (lambda: None))
+    for _ in range(warmup):
+        for model in models:
+            model(*args, **kwargs)
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(repeats):
+        for model, sync, t in zip(models, syncs, times):
+            sync()
+            t0 = time.perf_counter()
+            model(*args, **kwargs)
+            sync()
+            t.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
+def _metric(value) -> float | dict[str, float]:
+    if isinstance(value, Mapping):
+        return {str(k): _metric_value(v) for k, v in value.items()}
+    return _metric_value(value)
+
+
+def _metric_value(v) -> float:
+    if isinstance(v, torch.Tensor) and v.numel() == 1:
+        return float(v.item())
+    # numbers.Real takes Python and NumPy scalars; bool is refused (a pass/fail is not a metric).
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"slimops.report: eval_fn must return a number or a dict of numbers, got {type(v).__name__}")
+    return float(v)
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def _fmt_seconds(s: float) -> str:
+    if s >= 1:
+        return f"{s:.3f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.3f} ms"
+    return f"{s * 1e6:.1f} µs"
+
+
+def _fmt_sqnr(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if math.isinf(s):
+        return "inf" if s > 0 else "-inf"
+    return f"{s:.1f}"
+
+
+def _fmt_metric(m) -> str:
+    if m is None:
+        return "-"
+    if isinstance(m, dict):
+        return ", ".join(f"{k}={v:.4g}" for k, v in m.items())
+    return f"{m:.4g}"
+
+
+__all__ = ["CompressionReport", "LayerReport", "report", "tensor_bytes", "weight_sparsity"]
