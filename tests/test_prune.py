@@ -401,10 +401,12 @@ def test_prune_channels_refuses_grouped_convs():
     [
         ("2:4", 0.5, Sparse24Linear),
         (P.block(32), 0.75, BlockSparseLinear),
+        # Packed with the pruned 16x16 tile, not a coarser one that would store zeros.
+        (P.block(16), 0.75, BlockSparseLinear),
         (P.block(16), 0.25, nn.Linear),  # 25% empty tiles does not pay
         ("unstructured", 0.75, nn.Linear),  # no empty tile to skip
     ],
-    ids=["2:4", "block32-75", "block16-25", "unstructured"],
+    ids=["2:4", "block32-75", "block16-75", "block16-25", "unstructured"],
 )
 def test_finalize_picks_the_packed_form(pattern, sparsity, form):
     model = mlp(widths=(64, 128, 64))
@@ -418,7 +420,8 @@ def test_finalize_picks_the_packed_form(pattern, sparsity, form):
     for fqn in forms:
         assert type(model.get_submodule(fqn)) is form, forms[fqn]
     if form is BlockSparseLinear:
-        assert model[0].block_size == (32, 32) and "32x32" in forms["0"]
+        b = pattern.size
+        assert model[0].block_size == (b, b) and f"{b}x{b}" in forms["0"]
         assert model[0].density == pytest.approx(0.25)
     if form is nn.Linear:
         assert "dense" in forms["0"]

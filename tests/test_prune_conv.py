@@ -130,3 +130,19 @@ def test_conv_layers_a_pattern_cannot_take_are_skipped_with_the_reason():
     assert set(pruner.layers) == {"4"}
     assert "16" in pruner.skipped["0"] and "padding_mode" in pruner.skipped["2"]
     assert type(model[0]) is nn.Conv2d and torch.equal(model[0].weight, before[0].weight)
+
+
+def test_masked_layers_train_under_autocast():
+    """Autocast does not reach custom ops: MaskedLinear casts like nn.Linear, and the fp32
+    weights get fp32 gradients that are exactly zero where pruned."""
+    model = cnn()
+    pruner = make_pruner(model, "magnitude", "unstructured", 0.5)
+    pruner.step()
+    x = torch.randn(4, 1, 8, 8, generator=_gen(7))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16
+    out.float().pow(2).mean().backward()
+    for layer in pruner.layers.values():
+        assert layer.weight.grad.dtype == torch.float32
+        assert (layer.weight.grad[~layer.mask] == 0).all() and (layer.weight.grad[layer.mask] != 0).any()

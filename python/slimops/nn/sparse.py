@@ -132,7 +132,14 @@ class MaskedLinear(nn.Module):
         return dense_linear(self.weight.detach() * self.mask, bias, self.weight.requires_grad)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return slimops.ops.masked_linear(x, self.weight, self.mask, self.bias)
+        weight, bias = self.weight, self.bias
+        if torch.is_autocast_enabled(x.device.type):
+            # Autocast does not reach custom ops: cast as it casts nn.Linear (x, weight and
+            # bias to the autocast dtype); the weight gradient flows back in the weight's dtype.
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+        return slimops.ops.masked_linear(x, weight, self.mask, bias)
 
     def extra_repr(self) -> str:
         return (

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from slimops.conversion import Config, Unsupported, register_handler
-from slimops.nn.sparse import BLOCK_SIZES, check_linear
+from slimops.nn.half_linear import HalfLinear
+from slimops.nn.quantized import ObservedLinear, _QuantizedLinear
+from slimops.nn.sparse import BLOCK_SIZES, BlockSparseLinear, MaskedLinear, Sparse24Linear, check_linear
 from slimops.prune.criteria import get_criterion
 from slimops.prune.packing import _S24_K_MULTIPLE, _s24_runs, pack_linear
 from slimops.prune.patterns import NM, Block, Pattern, Unstructured
@@ -25,8 +27,13 @@ class SparseConfig(Config):
     Each layer is pruned on its own (layer scope), then packed as
     :meth:`Pruner.finalize` would: 2:4 -> :class:`Sparse24Linear`; block with at least
     half the tiles empty -> :class:`BlockSparseLinear`; otherwise a dense ``nn.Linear``
-    holding the zeros. Layers whose shape the pattern cannot take are skipped, with
-    the reason, in ``model.slimops_summary.skipped``.
+    holding the zeros. Layers whose shape the pattern cannot take, and layers that are
+    sparse already, are skipped, with the reason, in ``model.slimops_summary.skipped``.
+
+    Compose it *before* a quantization config, ``[SparseConfig(...), Int8WeightOnlyConfig()]``:
+    the quantized layers keep the zeros (no slimops kernel fuses sparsity with int8 or fp8,
+    so packed sparse layers are quantized dense, as ``slimops_summary.fallbacks`` says).
+    Meeting a layer that is already quantized, half precision or observed is an error.
 
     Args:
         sparsity: fraction of pruned weights, in [0, 1); must be 0.5 for ``"2:4"``.
@@ -89,3 +96,23 @@ def _sparse_linear(module: nn.Linear, config: SparseConfig) -> nn.Module:
     bias = None if module.bias is None else module.bias.detach()
     packed, _ = pack_linear(weight, bias, mask)
     return packed
+
+
+@register_handler(SparseConfig, _QuantizedLinear)
+@register_handler(SparseConfig, HalfLinear)
+@register_handler(SparseConfig, ObservedLinear)
+def _sparse_after_conversion(module: nn.Module, config: SparseConfig) -> nn.Module:
+    # An error, not a skip: the user asked for sparsity and would silently get none.
+    raise ValueError(
+        f"SparseConfig cannot prune a {type(module).__name__}: pruning works on float weights. Apply "
+        "SparseConfig before quantization or HalfConfig (e.g. [SparseConfig(0.5), Int8WeightOnlyConfig()]), "
+        "or keep this layer out with filter_fn"
+    )
+
+
+@register_handler(SparseConfig, MaskedLinear)
+@register_handler(SparseConfig, BlockSparseLinear)
+@register_handler(SparseConfig, Sparse24Linear)
+def _sparse_already(module: nn.Module, config: SparseConfig) -> nn.Module:
+    hint = ": call Pruner.finalize() to pack it" if isinstance(module, MaskedLinear) else ""
+    raise Unsupported(f"{type(module).__name__} is sparse already{hint}")

@@ -38,14 +38,20 @@ def _s24_runs(weight: torch.Tensor) -> bool:
 
 
 def pack_linear(
-    weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor, min_zero_tiles: float = 0.5
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    mask: torch.Tensor,
+    min_zero_tiles: float = 0.5,
+    block_size: int | None = None,
 ) -> tuple[nn.Module, str]:
     """The fastest module for ``weight ⊙ mask``, and a line saying which and why.
 
     2:4 (:class:`Sparse24Linear`) when the mask is 2:4; else block-sparse
     (:class:`BlockSparseLinear`, the largest tile of 128/64/32/16 that divides the
-    weight and leaves at least ``min_zero_tiles`` of the tiles empty); else a dense
-    ``nn.Linear`` holding the zeros.
+    weight and leaves at least ``min_zero_tiles`` of the tiles empty; only
+    ``block_size`` when given, e.g. the tile a block pattern pruned, so a coarser
+    tile never stores the zeros of finer pruned tiles); else a dense ``nn.Linear``
+    holding the zeros.
     """
     n, k = weight.shape
     w = weight.detach() * mask
@@ -58,7 +64,7 @@ def pack_linear(
         if _s24_runs(weight):
             return Sparse24Linear.from_dense(dense), f"Sparse24Linear (2:4, {sparsity:.0%} sparse)"
         note = f"; 2:4 on {weight.device.type} needs float16/bfloat16 weights, not {weight.dtype}"
-    for b in sorted(BLOCK_SIZES, reverse=True):
+    for b in sorted(BLOCK_SIZES, reverse=True) if block_size is None else [block_size]:
         if n % b or k % b:
             continue
         zero = zero_tile_fraction(mask, b)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from slimops.conversion import FilterFn, Unsupported
-from slimops.nn.sparse import MaskedConv2d, MaskedLinear, check_linear
+from slimops.nn.sparse import BLOCK_SIZES, MaskedConv2d, MaskedLinear, check_linear
 from slimops.prune.channels import (
     ChannelPruningError,
     channel_consumer,
@@ -19,7 +19,7 @@ from slimops.prune.channels import (
 )
 from slimops.prune.criteria import Criterion, get_criterion
 from slimops.prune.packing import pack_linear
-from slimops.prune.patterns import NM, Channel, Pattern, get_pattern
+from slimops.prune.patterns import NM, Block, Channel, Pattern, get_pattern
 from slimops.prune.report import LayerSparsity, SparsityReport
 from slimops.prune.schedules import Polynomial, Schedule, get_schedule
 from slimops.prune.selection import _check_sparsity, select_masks
@@ -181,7 +181,7 @@ class Pruner:
             layers = dict(self._final_stats)
         else:
             layers = {
-                fqn: LayerSparsity(tuple(m.weight.shape), m.mask.numel(), int((~m.mask).sum()))
+                fqn: LayerSparsity(tuple(m.weight.shape), m.mask.numel(), int((~m.mask).sum()), type(m).__name__)
                 for fqn, m in self.layers.items()
             }
         return SparsityReport(
@@ -195,7 +195,8 @@ class Pruner:
         * channel pattern: the pruned output channels and the consumer's matching inputs
           are removed (:func:`remove_channels`), leaving a smaller dense ``nn.Linear``;
         * a 2:4 mask: :class:`Sparse24Linear`;
-        * a mask with at least ``min_zero_tiles`` of its tiles empty: :class:`BlockSparseLinear`;
+        * a mask with at least ``min_zero_tiles`` of its tiles empty: :class:`BlockSparseLinear`
+          (with the pattern's tile when the pattern is a block one);
         * otherwise a dense ``nn.Linear`` holding the zeros (sparsity that does not pay);
         * a convolution: a dense ``nn.Conv2d`` holding the zeros (slimops has no sparse
           convolution kernel), or fewer channels with the channel pattern.
@@ -230,13 +231,14 @@ class Pruner:
                     masks[consumer] = masks[consumer][:, rows]
                 forms[fqn] = f"{kind} (shrunk: {before} -> {int(rows.sum())} outputs; {consumer} reads fewer inputs)"
         else:
+            block = self.pattern.size if isinstance(self.pattern, Block) and self.pattern.size in BLOCK_SIZES else None
             for fqn in self.layers:
                 layer = self.model.get_submodule(fqn)
                 if isinstance(layer, nn.Conv2d):
                     zeros = 1.0 - masks[fqn].float().mean().item()
                     forms[fqn] = f"Conv2d (dense: {zeros:.0%} sparse; slimops has no sparse convolution kernel)"
                     continue
-                module, forms[fqn] = pack_linear(layer.weight, layer.bias, masks[fqn], min_zero_tiles)
+                module, forms[fqn] = pack_linear(layer.weight, layer.bias, masks[fqn], min_zero_tiles, block)
                 _set_submodule(self.model, fqn, module)
         for fqn, form in forms.items():
             stats[fqn].form = form
