@@ -127,3 +127,161 @@ def test_converted_model_compiles_fullgraph():
     x = torch.randn(4, 17)
     compiled = torch.compile(model, fullgraph=True)
     torch.testing.assert_close(compiled(x), model(x))
+
+
+# --------------------------------------------------------------------------- linear stand-ins
+
+
+class Conv1D(nn.Module):
+    """Hugging Face's GPT-2 ``Conv1D`` (transformers.pytorch_utils), as slimops sees it: by duck typing."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf, self.nx = nf, nx
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.1)  # [in, out]: nn.Linear's transpose
+        self.bias = nn.Parameter(torch.randn(nf) * 0.1)
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x.reshape(-1, self.nx), self.weight).reshape(*x.shape[:-1], self.nf)
+
+
+LINEAR_CONFIGS = {
+    "half": (lambda: HalfConfig(torch.float16), 50),
+    "int8_dynamic": (slimops.Int8DynamicConfig, 28),
+    "weight_only": (slimops.Int8WeightOnlyConfig, 35),
+    "weight_only_g16": (lambda: slimops.Int8WeightOnlyConfig(group_size=16), 35),
+    "fp8_dynamic": (slimops.Fp8DynamicConfig, 25),
+    "int8_static": (slimops.Int8StaticConfig, 28),
+}
+
+
+@pytest.mark.parametrize("name", list(LINEAR_CONFIGS))
+def test_hf_conv1d_converts_like_a_linear(name):
+    make, min_sqnr = LINEAR_CONFIGS[name]
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv1D(48, 32), nn.GELU(), Conv1D(16, 48))
+    x = torch.randn(3, 5, 32)
+    want = model(x).detach()
+    config = make()
+    if isinstance(config, slimops.Int8StaticConfig):
+        slimops.prepare(model, config)
+        model(x)
+    slimops.convert(model, config)
+    assert set(model.slimops_summary.converted) == {"0", "2"}
+    first = "ObservedLinear" if name == "int8_static" else "Conv1D"  # prepare made the ObservedLinear
+    assert model.slimops_summary.converted["0"].startswith(f"{first} -> ")
+    assert model[0].in_features == 32 and model[0].out_features == 48
+    assert sqnr_db(want, model(x).detach()) > min_sqnr
+
+
+def test_hf_conv1d_stand_in_is_exact_and_sparse_config_takes_it():
+    from slimops.nn._convertible import linear_stand_in
+
+    torch.manual_seed(0)
+    conv = Conv1D(24, 16)
+    build, fallback = linear_stand_in(conv)
+    linear = build()
+    x = torch.randn(7, 16)
+    assert type(linear) is nn.Linear and fallback is None and linear.weight.is_contiguous()
+    torch.testing.assert_close(linear(x), conv(x))
+    sparse = slimops.conversion.build_replacement(conv, slimops.SparseConfig(0.5, "2:4"))
+    assert isinstance(sparse, slimops.nn.Sparse24Linear)
+    # Not a Conv1D: the wrong name, or a weight that does not match nf.
+    assert linear_stand_in(nn.Conv1d(3, 3, 1)) is None
+    bad = Conv1D(24, 16)
+    bad.nf = 5
+    assert linear_stand_in(bad) is None
+
+
+# --------------------------------------------------------------------------- sparse then quantized
+
+
+def sparse_modules():
+    """A float reference and the three sparse slimops forms of the same 50%-sparse weight."""
+    from slimops.nn import BlockSparseLinear, MaskedLinear, Sparse24Linear
+
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32)
+    mask24 = torch.zeros(32, 16, 4, dtype=torch.bool)
+    mask24[..., :2] = True
+    mask24 = mask24.reshape(32, 64)
+    tiles = torch.rand(2, 4) > 0.5
+    tiles[0, 0] = True
+    block_mask = tiles.repeat_interleave(16, 0).repeat_interleave(16, 1)
+    return {
+        "masked": MaskedLinear.from_float(nn.Linear(64, 32), mask24),
+        "block": BlockSparseLinear.from_dense(linear, block_mask, 16),
+        "2:4": Sparse24Linear.from_dense(linear, mask24),
+    }
+
+
+@pytest.mark.parametrize("kind", ["masked", "block", "2:4"])
+def test_sparse_layer_is_quantized_dense_and_reported(kind):
+    from slimops.nn._convertible import linear_stand_in
+
+    sparse = sparse_modules()[kind]
+    x = torch.randn(5, 64)
+    dense = linear_stand_in(sparse)[0]()
+    torch.testing.assert_close(dense(x), sparse(x))  # the stand-in is exact: zeros kept
+    model = nn.Sequential(sparse, nn.ReLU(), nn.Linear(32, 16))
+    with pytest.warns(UserWarning, match=r"1 sparse layer\(s\) converted through their dense weight.*: 0$"):
+        slimops.convert(model, slimops.Int8WeightOnlyConfig())
+    summary = model.slimops_summary
+    assert set(summary.fallbacks) == {"0"} and "sparse speed-up is lost" in summary.fallbacks["0"]
+    assert summary.converted["0"] == f"{type(sparse).__name__} -> Int8WeightOnlyLinear"
+    assert (model[0].weight[dense.weight == 0] == 0).all()  # the pruned zeros stay zeros
+    assert sqnr_db(dense(x), model[0](x)) > 35
+
+
+def test_sparse_config_list_chains_the_summary():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 20))
+    with pytest.warns(UserWarning, match="sparse layer"):
+        slimops.convert(model, [slimops.SparseConfig(0.5, "2:4"), slimops.Int8DynamicConfig()])
+    assert model.slimops_summary.converted["0"] == "Linear -> Sparse24Linear -> Int8DynamicLinear"
+
+
+def test_sparse_config_after_quantization_is_an_error():
+    model = make_model()
+    types = [type(m) for m in model.modules()]
+    with pytest.raises(ValueError, match="SparseConfig cannot prune a HalfLinear.*Apply SparseConfig before"):
+        slimops.convert(model, [HalfConfig(), slimops.SparseConfig(0.5)])
+    assert [type(m) for m in model.modules()] == types
+
+
+def test_sparse_config_skips_layers_sparse_already():
+    model = nn.Sequential(*sparse_modules().values())
+    slimops.convert(model, slimops.SparseConfig(0.5))
+    skipped = model.slimops_summary.skipped
+    assert set(skipped) == {"0", "1", "2"} and "Pruner.finalize()" in skipped["0"]
+    assert all("sparse already" in why for why in skipped.values())
+
+
+# --------------------------------------------------------------------------- untouched modules
+
+
+def test_untouched_weights_are_listed_without_noise():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 16)
+            self.conv = nn.Conv2d(3, 16, 3)
+            self.norm = nn.LayerNorm(16)
+            self.head = nn.Linear(16, 4)
+
+    model = Net()
+    slimops.convert(model, slimops.Int8DynamicConfig())
+    assert model.slimops_summary.untouched == {
+        "embed": "Embedding: no handler in Int8DynamicConfig",
+        "conv": "Conv2d: no handler in Int8DynamicConfig",
+    }
+    # MultiheadAttention holds in_proj_weight; its out_proj is skipped (a handler refused it), not untouched.
+    model = make_model()
+    slimops.convert(model, HalfConfig())
+    assert model.slimops_summary.untouched == {"0.attn": "MultiheadAttention: no handler in HalfConfig"}
+
+
+def test_config_type_error_names_only_public_configs():
+    with pytest.raises(TypeError) as e:
+        slimops.convert(make_model(), object())
+    assert "Int8StaticConfig" in str(e.value) and "_Prepare" not in str(e.value)

@@ -3,8 +3,12 @@
 A config is a ``@dataclass`` that validates itself in ``__post_init__``. A
 handler, registered per (config type, module type), builds the replacement of
 one module from its float original, or raises :class:`Unsupported` to leave
-it as it was. Conversion is all or nothing: every replacement is built first,
-and the model is touched only once all of them exist.
+it as it was. A module with no handler of its own that stands for a linear layer
+(Hugging Face's ``Conv1D``, a sparse slimops layer: see
+:func:`slimops.nn._convertible.linear_stand_in`) goes to the config's ``nn.Linear``
+handler as an equivalent ``nn.Linear``. Conversion is all or nothing: each
+config's replacements are built before it touches the model, and any error
+puts back every module the call swapped.
 """
 
 from __future__ import annotations
@@ -32,8 +36,15 @@ class Unsupported(Exception):
 class ConversionSummary:
     """What :func:`convert` did, attached to the model as ``model.slimops_summary``."""
 
-    converted: dict[str, str] = dataclasses.field(default_factory=dict)  # fqn -> "Linear -> HalfLinear"
-    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # fqn -> why it stayed
+    # fqn -> "Linear -> HalfLinear"; a layer converted by several configs of a list: "A -> B -> C".
+    converted: dict[str, str] = dataclasses.field(default_factory=dict)
+    # fqn -> why a handler refused it (it stayed as it was, for that config).
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    # fqn -> what its conversion lost: a sparse layer converted through its dense weight.
+    fallbacks: dict[str, str] = dataclasses.field(default_factory=dict)
+    # fqn -> why no config converted it, for every module holding a >= 2-D ``*weight``
+    # (Conv2d, Embedding, MultiheadAttention, ...) left as it was; slimops modules are not listed.
+    untouched: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 _HANDLERS: dict[type[Config], dict[type[nn.Module], Handler]] = {}
@@ -49,55 +60,74 @@ def register_handler(config_type: type[Config], module_type: type[nn.Module]):
     return wrap
 
 
-def _handler_for(config: Config, module: nn.Module) -> Handler | None:
-    for module_type, handler in _HANDLERS.get(type(config), {}).items():
+def _handler_for(config: Config, module: nn.Module) -> tuple[Handler, str | None] | None:
+    """``config``'s handler for ``module`` and, when it converts a stand-in, what that loses.
+
+    A handler registered for the module's type wins; otherwise a module that stands
+    for a linear layer goes to the ``nn.Linear`` handler as an equivalent ``nn.Linear``.
+    """
+    from slimops.nn._convertible import linear_stand_in
+
+    handlers = _HANDLERS.get(type(config), {})
+    for module_type, handler in handlers.items():
         if isinstance(module, module_type):
-            return handler
-    return None
+            return handler, None
+    linear_handler = handlers.get(nn.Linear)
+    stand_in = None if linear_handler is None else linear_stand_in(module)
+    if stand_in is None:
+        return None
+    build, fallback = stand_in
+    return (lambda _module, c: linear_handler(build(), c)), fallback
 
 
 def build_replacement(module: nn.Module, config: Config) -> nn.Module:
     """The module ``config`` would put in place of ``module``, built without touching any model.
 
+    Args:
+        module: the layer to convert (``nn.Linear``, a Hugging Face ``Conv1D``, ...).
+        config: the conversion config.
+
     Raises :class:`Unsupported` (with the reason) when no handler takes this module.
     """
-    handler = _handler_for(config, module)
-    if handler is None:
+    found = _handler_for(config, module)
+    if found is None:
         raise Unsupported(f"{type(config).__name__} has no handler for {type(module).__name__}")
-    return handler(module, config)
+    return found[0](module, config)
 
 
 def _check_model(model: nn.Module) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"slimops.convert: model must be a torch.nn.Module, got {type(model).__name__}")
-    meta = [name for name, p in model.named_parameters() if p.device.type == "meta"]
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    meta = [name for name, t in tensors if t.device.type == "meta"]
     if meta:
         raise ValueError(
-            f"slimops.convert: model has parameters on the meta device (e.g. {meta[0]!r}); "
+            f"slimops.convert: model has tensors on the meta device (e.g. {meta[0]!r}); "
             "materialize them (to_empty + load_state_dict) before converting"
         )
 
 
 def _plan(model: nn.Module, config: Config, filter_fn: FilterFn | None, summary: ConversionSummary):
-    """Build every replacement for one config without touching the model."""
+    """Build every replacement for one config without touching the model.
+
+    Returns ``[(fqn, replacement)]`` and whether any module had a handler and passed the filter.
+    """
     planned: list[tuple[str, nn.Module]] = []
     candidates = 0
     for fqn, module in model.named_modules():
-        handler = _handler_for(config, module)
-        if handler is None or (filter_fn is not None and not filter_fn(module, fqn)):
+        found = _handler_for(config, module)
+        if found is None or (filter_fn is not None and not filter_fn(module, fqn)):
             continue
+        handler, fallback = found
         candidates += 1
         try:
             planned.append((fqn, handler(module, config)))
         except Unsupported as why:
             summary.skipped[fqn] = str(why)
-    if candidates == 0:
-        warnings.warn(
-            f"slimops.convert: {type(config).__name__} selected no module"
-            + (" (filter_fn rejected every candidate)" if filter_fn is not None else ""),
-            stacklevel=3,
-        )
-    return planned
+            continue
+        if fallback is not None:
+            summary.fallbacks[fqn] = fallback
+    return planned, candidates > 0
 
 
 def _swap(model: nn.Module, fqn: str, new: nn.Module) -> nn.Module:
@@ -117,6 +147,41 @@ def _per_layer(configs: Mapping[str, Config | None]) -> list[tuple[Config, Filte
     return [(c, lambda m, fqn, names=names: fqn in names) for c, names in by_config.values()]
 
 
+def _is_slimops(module: nn.Module) -> bool:
+    return type(module).__module__.split(".")[0] == "slimops"
+
+
+def _untouched(model: nn.Module, configs: list[Config], summary: ConversionSummary, unselected: str) -> dict[str, str]:
+    """Modules holding a >= 2-D ``*weight`` that no config converted, skipped or already made slimops."""
+    names = ", ".join(type(c).__name__ for c in configs)
+    out: dict[str, str] = {}
+    for fqn, module in model.named_modules():
+        if fqn in summary.converted or fqn in summary.skipped or _is_slimops(module):
+            continue
+        own = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+        # Weights only: LayerNorm scales and biases are 1-D, and position tables are not "*weight".
+        if not any(name.endswith("weight") and t.dim() >= 2 for name, t in own):
+            continue
+        kind = type(module).__name__
+        # No config at all (a {fqn: config} map of Nones): nothing selected it.
+        handled = not configs or any(_handler_for(c, module) is not None for c in configs)
+        out[fqn] = f"{kind}: {unselected}" if handled else f"{kind}: no handler in {names}"
+    return out
+
+
+def _warn(summary: ConversionSummary, selected_nothing: list[str], filtered: bool) -> None:
+    for name in selected_nothing:
+        why = " (filter_fn rejected every candidate)" if filtered else ""
+        warnings.warn(f"slimops.convert: {name} selected no module{why}", stacklevel=3)
+    if summary.fallbacks:
+        warnings.warn(
+            f"slimops.convert: {len(summary.fallbacks)} sparse layer(s) converted through their dense weight "
+            "(no slimops kernel fuses sparsity with that format: the zeros are kept, the sparse speed-up "
+            f"is lost): {', '.join(summary.fallbacks)}",
+            stacklevel=3,
+        )
+
+
 def convert(
     model: nn.Module,
     config: Config | Sequence[Config] | Mapping[str, Config | None],
@@ -131,41 +196,58 @@ def convert(
             :func:`slimops.plan` returns; ``None`` keeps a layer as it is).
         filter_fn: ``filter_fn(module, fqn) -> bool`` selects the modules to convert.
 
-    Modules a handler refuses stay as they were and are listed, with the reason,
-    in ``model.slimops_summary.skipped``. If building any replacement fails
-    otherwise, the model is left exactly as it was.
+    ``model.slimops_summary`` (a :class:`ConversionSummary`) lists what was converted,
+    what a handler refused (``skipped``), the sparse layers converted through their dense
+    weight (``fallbacks``, also warned about), and the weight-holding modules no config
+    converted (``untouched``). A config that selects no module is warned about. If any
+    config raises anything but :class:`Unsupported`, the model is left exactly as it was.
     """
     if isinstance(config, Mapping):
         steps = _per_layer(config)
         if filter_fn is not None:
             steps = [(c, lambda m, fqn, f=f: f(m, fqn) and filter_fn(m, fqn)) for c, f in steps]
+        unselected = "absent from the {fqn: config} map (or None there)"
     else:
         configs = list(config) if isinstance(config, (list, tuple)) else [config]
+        if not configs:
+            raise ValueError("slimops.convert: the list of configs is empty")
         steps = [(c, filter_fn) for c in configs]
+        unselected = "filter_fn did not select it"
     for c, _ in steps:
         if not isinstance(c, Config) or type(c) not in _HANDLERS:
-            known = ", ".join(sorted(t.__name__ for t in _HANDLERS))
+            known = ", ".join(sorted(t.__name__ for t in _HANDLERS if not t.__name__.startswith("_")))
             raise TypeError(f"slimops.convert: config must be one of [{known}], got {type(c).__name__}")
     _check_model(model)
     summary = ConversionSummary()
     swapped: list[tuple[str, nn.Module]] = []
+    selected_nothing: list[str] = []
     try:
         for c, select in steps:
-            for fqn, new in _plan(model, c, select, summary):
+            planned, any_selected = _plan(model, c, select, summary)
+            if not any_selected:
+                selected_nothing.append(type(c).__name__)
+            for fqn, new in planned:
                 old = _swap(model, fqn, new)
                 swapped.append((fqn, old))
-                summary.converted[fqn] = f"{type(old).__name__} -> {type(new).__name__}"
+                before = summary.converted.get(fqn, type(old).__name__)
+                summary.converted[fqn] = f"{before} -> {type(new).__name__}"
     except BaseException:
         for fqn, old in reversed(swapped):  # leave the model exactly as it was
             _swap(model, fqn, old)
         raise
+    summary.untouched = _untouched(model, [c for c, _ in steps], summary, unselected)
     model.slimops_summary = summary
+    _warn(summary, selected_nothing, filter_fn is not None)
     return model
 
 
 @dataclasses.dataclass
 class HalfConfig(Config):
     """Run ``nn.Linear`` layers in float16 or bfloat16, weights stored in that dtype.
+
+    Sparse slimops layers it meets become dense :class:`HalfLinear` layers holding their
+    zeros (listed in ``slimops_summary.fallbacks``): to keep a sparse layer in half
+    precision, cast the model (``model.half()``) before pruning instead.
 
     Args:
         dtype: ``torch.float16`` or ``torch.bfloat16``.

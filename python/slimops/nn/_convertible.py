@@ -1,7 +1,11 @@
-"""The one rule for which ``nn.Linear`` layers a slimops module may stand in for."""
+"""Which modules a slimops linear module may stand in for: the one rule for ``nn.Linear`` layers,
+and the one rule for modules that compute a linear layer without being ``nn.Linear``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import nn
 
 from slimops.conversion import Unsupported
@@ -20,3 +24,62 @@ def check_convertible_linear(linear: nn.Module) -> None:
         raise Unsupported("nn.MultiheadAttention reads this projection's weight directly")
     if isinstance(linear, nn.Linear) and type(linear).forward is not nn.Linear.forward:
         raise Unsupported(f"{type(linear).__name__} overrides nn.Linear.forward")
+
+
+def _is_hf_conv1d(module: nn.Module) -> bool:
+    # Duck typing, so that slimops never imports transformers: GPT-2's Conv1D computes
+    # y = x @ W + b with W [nx, nf] (the transpose of nn.Linear's weight).
+    if type(module).__name__ != "Conv1D" or not isinstance(getattr(module, "nf", None), int):
+        return False
+    w, b = getattr(module, "weight", None), getattr(module, "bias", None)
+    return (
+        isinstance(w, torch.Tensor)
+        and w.dim() == 2
+        and w.shape[1] == module.nf
+        and (b is None or (isinstance(b, torch.Tensor) and tuple(b.shape) == (module.nf,)))
+    )
+
+
+def _sparse24_dense(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    """The dense ``[N, K]`` weight of a :class:`Sparse24Linear` (meta layout: :mod:`slimops.ops.sparse24`)."""
+    from slimops.reference.sparse import sparse24_to_dense
+
+    # Byte j of a row holds 4 two-bit positions (entry e in bits 2e..2e+1), one per kept value.
+    shifts = torch.arange(0, 8, 2, device=meta.device)
+    positions = (meta.long().unsqueeze(-1) >> shifts) & 3
+    return sparse24_to_dense(values, positions.reshape(meta.shape[0], -1))
+
+
+def linear_stand_in(module: nn.Module) -> tuple[Callable[[], nn.Linear], str | None] | None:
+    """How to see ``module``, which is not an ``nn.Linear``, as one; ``None`` if it is no linear layer.
+
+    Returns ``(build, fallback)``: ``build()`` makes an ``nn.Linear`` (new tensors, same
+    device and dtype: call it only to convert), and ``fallback`` is ``None`` when that
+    layer computes exactly what ``module`` does, else what converting it loses.
+
+    * Hugging Face's ``Conv1D`` (GPT-2's ``c_attn``, ``c_proj``, ``c_fc``): exact, weight transposed.
+    * slimops' sparse layers (:class:`MaskedLinear`, :class:`BlockSparseLinear`,
+      :class:`Sparse24Linear`): their dense weight, zeros included. No slimops kernel
+      fuses sparsity with another format, so the sparse speed-up is lost (a fallback).
+
+    Args:
+        module: any module; ``nn.Linear`` itself needs no stand-in (``None``).
+    """
+    from slimops.nn.sparse import BlockSparseLinear, MaskedLinear, Sparse24Linear, dense_linear
+
+    def bias_of(m: nn.Module) -> torch.Tensor | None:
+        return None if m.bias is None else m.bias.detach()
+
+    if _is_hf_conv1d(module):
+        return (lambda: dense_linear(module.weight.detach().t(), bias_of(module))), None
+    lost = (
+        f"{type(module).__name__}: no slimops kernel runs this sparse weight in the new format; "
+        "converted its dense weight (the zeros are kept, the sparse speed-up is lost)"
+    )
+    if isinstance(module, MaskedLinear):
+        return module.to_linear, lost
+    if isinstance(module, BlockSparseLinear):
+        return (lambda: dense_linear(module.to_dense(), bias_of(module))), lost
+    if isinstance(module, Sparse24Linear):
+        return (lambda: dense_linear(_sparse24_dense(module.values, module.meta), bias_of(module))), lost
+    return None
