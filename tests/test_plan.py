@@ -330,3 +330,21 @@ def test_bad_input(kwargs, exc, match):
         warnings.simplefilter("ignore")
         with pytest.raises(exc, match=match):
             make_plan(**args)
+
+
+def test_plans_hugging_face_gpt2_conv1d_layers():
+    """GPT-2's projections are HF ``Conv1D``, which ``convert`` sees exactly as ``nn.Linear``."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_embd=64, n_head=4, vocab_size=128, n_positions=32)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(1))
+    result = make_plan(model, {"input_ids": ids}, [slimops.Int8WeightOnlyConfig()], max_error_db=math.inf,
+                       repeats=2, warmup=1)
+    want = {"transformer.h.0.attn.c_attn", "transformer.h.0.attn.c_proj", "transformer.h.0.mlp.c_fc",
+            "transformer.h.0.mlp.c_proj", "lm_head"}
+    assert set(result.layers) == want
+    assert result.layers["transformer.h.0.mlp.c_fc"].shape == (18, 64, 256)  # (M, K, N) of the real call
+    converted = slimops.convert(copy.deepcopy(model), result)
+    chosen = {fqn for fqn, c in result.items() if c is not None}
+    assert set(converted.slimops_summary.converted) == chosen

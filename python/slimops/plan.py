@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from slimops.conversion import _HANDLERS, Config, Unsupported, build_replacement, convert
+from slimops.nn._convertible import linear_stand_in
 
 DENSE = "dense"
 DEFAULT_MAX_ERROR_DB = -30.0
@@ -379,10 +380,16 @@ def select_linear_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
     Every ``nn.Linear`` (subclasses included: a candidate's handler refuses the ones
     it cannot replace, e.g. ``nn.MultiheadAttention``'s ``out_proj``, and that
-    refusal is recorded).
+    refusal is recorded), and every module that ``convert`` sees exactly as one
+    (Hugging Face's ``Conv1D`` in GPT-2). Sparse slimops layers are not planned: a
+    config would convert them through their dense weight.
     """
-    # NOTE: the one place that says what a linear layer is; extend it (HF Conv1D) here.
-    return [(fqn, m) for fqn, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+    def exact_linear(m: nn.Module) -> bool:
+        stand_in = linear_stand_in(m)
+        return stand_in is not None and stand_in[1] is None
+
+    return [(fqn, m) for fqn, m in model.named_modules() if isinstance(m, nn.Linear) or exact_linear(m)]
 
 
 def _split_inputs(example_inputs) -> tuple[tuple, dict]:
@@ -412,7 +419,7 @@ def _candidate_names(candidates) -> dict[str, Config]:
         if c is None or (isinstance(c, str) and c == DENSE):
             continue  # dense is always measured
         if not isinstance(c, Config) or type(c) not in _HANDLERS:
-            known = ", ".join(sorted(t.__name__ for t in _HANDLERS))
+            known = ", ".join(sorted(t.__name__ for t in _HANDLERS if not t.__name__.startswith("_")))
             raise TypeError(f"slimops.plan: candidates[{i}] must be one of [{known}], got {type(c).__name__}")
         name = base = _short_name(c)
         n = 2
