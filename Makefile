@@ -15,16 +15,18 @@ PIP    := $(VPY) -m pip --disable-pip-version-check -q
 
 demo: install
 	$(VENV)/bin/slimops info
-	$(VENV)/bin/slimops bench --quick
+	$(VENV)/bin/slimops demo --out slimops-demo
 
+# transformers is a test-only dependency (convert on real GPT-2 / Llama / ViT code).
 test: install
+	@$(PIP) install "transformers>=4.45"
 	$(VPY) -m pytest -q
 
 setup:
 	@test -x $(VPY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	@$(VPY) -c "import torch" 2>/dev/null || $(PIP) install "torch==2.13.0"
 	@$(PIP) install "triton>=3.2" "scikit-build-core>=0.10" ninja "rich>=13" numpy "safetensors>=0.4" \
-		"pytest>=8" expecttest scikit-learn
+		"pytest>=8" expecttest scikit-learn matplotlib
 
 install: setup
 	$(PIP) install --no-build-isolation --no-deps .

@@ -1,4 +1,4 @@
-"""The ``slimops`` command: ``slimops info`` and ``slimops bench``.
+"""The ``slimops`` command: ``slimops demo``, ``slimops info`` and ``slimops bench``.
 
 Each subcommand is an ``_add_<name>(subparsers)`` function that registers its
 arguments and sets ``func``; a new subcommand adds one such function to
@@ -119,7 +119,31 @@ def _add_bench(sub) -> None:
     p.set_defaults(func=_bench)
 
 
-_SUBCOMMANDS = [_add_info, _add_bench]
+def _demo(args: argparse.Namespace) -> int:
+    from slimops.demo import config_from_args, run
+
+    try:
+        cfg = config_from_args(args)
+    except (ValueError, TypeError, ImportError, AttributeError) as e:
+        print(f"slimops demo: {e}", file=sys.stderr)
+        return 2
+    run(cfg)
+    return 0
+
+
+def _add_demo(sub) -> None:
+    from slimops.demo import add_arguments
+
+    p = sub.add_parser(
+        "demo",
+        help="train, prune, distill and quantize a small CNN on the digits data, with a report per stage",
+        description="The whole slimops pipeline on scikit-learn's bundled digits (no download).",
+    )
+    add_arguments(p)
+    p.set_defaults(func=_demo)
+
+
+_SUBCOMMANDS = [_add_demo, _add_info, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
