@@ -3,9 +3,10 @@
 #   1. build + install slimops with the CUDA kernels for sm_90a only (H100/H200);
 #   2. slimops info;
 #   3. pytest -m gpu (junit xml + log);
-#   4. slimops bench --quick --device cuda for the quant suite (W8A8 / W8A16 / fp8 linears on
-#      Llama-7B shapes), the quantize suite (includes quantize_per_token 8192x8192 bf16) and the
-#      clip suite (GPT-2 fp32, 4000x1k, Llama-1B bf16).
+#   4. slimops demo --device cuda, shortened (when scikit-learn is installed);
+#   5. slimops bench --quick --device cuda for the sparse suite (masked / block-sparse / 2:4
+#      linears, never measured on a GPU yet) and the quant suite (W8A8 / W8A16 / fp8 linears
+#      on Llama-7B shapes); SUITES="quant quantize clip" reruns the earlier ones.
 #
 # Usage, from the repository root:  OUT=/some/folder bash bench/gpu_check.sh
 # Writes into $OUT: gpu_check.log (all output), info.json, pytest-gpu.xml,
@@ -14,7 +15,7 @@
 #
 # Knobs (environment), for a rerun that spends less device time:
 #   BUDGET_S     hard stop for the whole script (default 465 s)
-#   SUITES       bench suites to run, in order (default "quant quantize clip"; "" runs none)
+#   SUITES       bench suites to run, in order (default "sparse quant"; "" runs none)
 #   PYTEST_ARGS  what pytest -m gpu runs (default "tests")
 set -u -o pipefail
 
@@ -24,7 +25,7 @@ cd "$(dirname "$0")/.."
 
 PY=python3
 BUDGET_S=${BUDGET_S:-465}  # hard stop for the whole script, leaving margin under 8 minutes
-SUITES=${SUITES-quant quantize clip}  # set but empty: no suites
+SUITES=${SUITES-sparse quant}  # set but empty: no suites
 PYTEST_ARGS=${PYTEST_ARGS:-tests}
 FAILED=()
 
@@ -111,6 +112,13 @@ else:
   # Leave ~70 s per bench suite and 40 s for the launch-cost step.
   step pytest-gpu "$(min 200 $(($(left) - 40 - 70 * ${#suites[@]})))" \
     bash -c "set -o pipefail; $PY -m pytest -m gpu $xdist -ra -p no:cacheprovider --junitxml='$OUT/pytest-gpu.xml' $PYTEST_ARGS 2>&1 | tee '$OUT/pytest-gpu.log'"
+
+  # The demo on the GPU (fp16 AMP + GradScaler, Triton int8), a few epochs.
+  if $PY -c 'import sklearn, matplotlib' 2>/dev/null; then
+    step demo-cuda 60 "${slimops_cmd[@]}" demo --device cuda --epochs 3 --finetune-epochs 3 --out "$OUT/demo"
+  else
+    echo "=== [demo-cuda] not run: scikit-learn or matplotlib is not installed on this machine"
+  fi
 
   # 5. Host launch cost against GPU time (CUDA graphs) for the decode-sized linears.
   step launch-overhead "$(min 90 $(($(left) - 3 - 60 * ${#suites[@]})))" $PY bench/launch_overhead.py --json "$OUT/launch-overhead.json"
