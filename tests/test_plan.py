@@ -348,3 +348,68 @@ def test_plans_hugging_face_gpt2_conv1d_layers():
     converted = slimops.convert(copy.deepcopy(model), result)
     chosen = {fqn for fqn, c in result.items() if c is not None}
     assert set(converted.slimops_summary.converted) == chosen
+
+
+def _hooks(model: nn.Module) -> list:
+    return [h for m in model.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())]
+
+
+def test_eval_fn_mode_switch_is_undone():
+    model = _mlp("cpu")
+    seen = []
+
+    def eval_fn(m):
+        seen.append(m.training)
+        m.train()  # e.g. an eval_fn that fine-tunes a little before measuring
+        return 0.0
+
+    make_plan(model, _inputs("cpu"), [slimops.Int8DynamicConfig()], eval_fn=eval_fn, repeats=1, warmup=0)
+    assert not any(m.training for m in model.modules())
+    # The planned copy is made from the model as it came in, not as eval_fn left it.
+    assert seen == [False, False]
+
+
+def test_hooks_are_removed_when_the_forward_raises():
+    class Fails(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(8, 8)
+
+        def forward(self, x):
+            self.lin(x)
+            raise RuntimeError("boom")
+
+    model = Fails().eval()
+    with pytest.raises(RuntimeError, match="boom"):
+        make_plan(model, torch.randn(2, 8), [slimops.Int8DynamicConfig()], **FAST)
+    assert _hooks(model) == []
+    assert isinstance(model.lin, nn.Linear)
+
+
+def test_plan_leaves_no_hooks(planned):
+    assert _hooks(planned[1]) == []
+
+
+def test_layer_called_by_keyword_is_measured():
+    class ByKeyword(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(32, 16)
+
+        def forward(self, x):
+            return self.proj(input=x)
+
+    p = make_plan(ByKeyword().eval(), torch.randn(4, 32), [slimops.Int8DynamicConfig()], max_error_db=100, **FAST)
+    assert p.layers["proj"].shape == (4, 32, 16) and p.layers["proj"].note is None
+    assert p.layers["proj"].results["w8a8"].status == "ok"
+
+
+def test_wall_clock_waits_for_queued_work_before_timing(monkeypatch):
+    # An asynchronous device (MPS, XPU, ...): the warm-up's queued work must not be timed in the first run.
+    from slimops import _measure
+
+    events = []
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: events.append("sync"))
+    seconds = _measure.median_seconds([lambda: events.append("run")], [torch.device("mps")], warmup=1, repeats=2)
+    assert len(seconds) == 1 and seconds[0] >= 0
+    assert events == ["run", "sync", "run", "sync", "sync", "run", "sync"]

@@ -459,3 +459,102 @@ def test_warns_on_training_mode_and_same_object():
         report(model, copy.deepcopy(model).train(), inputs(), **FAST)
     with pytest.warns(UserWarning, match="same object"):
         report(model, model, inputs(), **FAST)
+
+
+# ---- the models come back as they went in -------------------------------------------------------------
+
+
+def _hooks(model: nn.Module) -> list:
+    return [
+        h
+        for m in model.modules()
+        for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())
+    ]
+
+
+def test_eval_fn_mode_switch_is_undone():
+    model = make_mlp()
+    conv = converted(model, slimops.Int8DynamicConfig())
+    conv.down.train()  # one submodule in its own mode: restored module by module
+    modes = {"original": [m.training for m in model.modules()], "converted": [m.training for m in conv.modules()]}
+
+    def eval_fn(m):
+        m.train()  # e.g. an eval_fn that fine-tunes a little before measuring
+        return 0.0
+
+    report(model, conv, inputs(), eval_fn=eval_fn, **FAST)
+    assert [m.training for m in model.modules()] == modes["original"]
+    assert [m.training for m in conv.modules()] == modes["converted"]
+
+
+class Fails(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(K, K)
+
+    def forward(self, x):
+        self.lin(x)
+        raise RuntimeError("boom")
+
+
+def test_hooks_are_removed_when_the_forward_raises():
+    model = Fails().eval()
+    with pytest.raises(RuntimeError, match="boom"):
+        report(model, copy.deepcopy(model), inputs(), **FAST)
+    assert _hooks(model) == []
+
+
+class ScalesItsInput(nn.Module):
+    """A layer that writes into its own input (``x *= w``): its recorded input must be taken before it runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((K,), 3.0))
+
+    def forward(self, x):
+        return x.mul_(self.weight)
+
+
+def test_recorded_input_is_the_one_the_layer_got():
+    model = nn.Sequential(nn.Linear(K, K), ScalesItsInput()).eval()
+    r = report(model, copy.deepcopy(model), inputs(), **FAST)
+    # The same layer on the same input is exact; on its own (already scaled) output it is not.
+    assert r["1"].sqnr_db == math.inf
+
+
+class DictOut(nn.Module):
+    """Outputs that are not a tensor: a dict holding a tuple, and a layer (LSTM) returning nested tuples."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(K, 8, batch_first=True)
+        self.head = nn.Linear(8, N)
+
+    def forward(self, x):
+        out, (h, c) = self.rnn(x)
+        return {"logits": self.head(out), "state": (h, c)}
+
+
+def test_models_and_layers_with_structured_outputs():
+    torch.manual_seed(0)
+    model = DictOut().eval()
+    conv = converted(model, slimops.Int8DynamicConfig())
+    r = report(model, conv, inputs().view(4, 16, K), **FAST)
+    assert r["rnn"].sqnr_db == math.inf  # three output tensors, all compared
+    assert r["head"].type_after == "Int8DynamicLinear" and 30 <= r["head"].sqnr_db < math.inf
+    assert r.latency_before_s > 0 and r.latency_after_s > 0
+
+
+def test_hugging_face_model_output():
+    """GPT-2 returns a ``ModelOutput`` (a dict with a cache object in it)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=1, n_embd=64, n_head=4, vocab_size=128, n_positions=32)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    conv = converted(model, slimops.Int8WeightOnlyConfig())
+    ids = torch.randint(0, 128, (2, 9), generator=torch.Generator().manual_seed(1))
+    r = report(model, conv, {"input_ids": ids}, **FAST)
+    assert r["transformer.h.0.mlp.c_fc"].type_after == "Int8WeightOnlyLinear"
+    assert 30 <= r["transformer.h.0.mlp.c_fc"].sqnr_db < math.inf
+    assert r.latency_before_s > 0 and r.latency_after_s > 0
+    json.loads(r.to_json(), parse_constant=_no_constants)

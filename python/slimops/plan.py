@@ -18,12 +18,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
-import json
 import math
 import numbers
-import statistics
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -31,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimops import _measure
 from slimops.conversion import _HANDLERS, Config, Unsupported, build_replacement, convert
 from slimops.nn._convertible import linear_stand_in
 
@@ -131,7 +129,7 @@ class Plan(Mapping):
         (output identical to the original) is written as the string ``"-inf"``;
         null means not measured (see ``status``).
         """
-        return _json_safe(
+        return _measure.json_safe(
             {
                 "device": self.device,
                 "device_name": self.device_name,
@@ -163,12 +161,7 @@ class Plan(Mapping):
             path: file to write (None: only return the text).
             indent: JSON indentation.
         """
-        # allow_nan=False: fail loudly rather than write Infinity/NaN, which is not JSON.
-        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-        if path is not None:
-            with open(path, "w") as f:
-                f.write(text + "\n")
-        return text
+        return _measure.write_json(self.to_dict(), path, indent)
 
     def table(self):
         """A ``rich.table.Table``: one row per layer, one column per candidate (latency, error)."""
@@ -221,12 +214,7 @@ class Plan(Mapping):
         Args:
             console: a ``rich.console.Console`` (stdout if None).
         """
-        from rich.console import Console
-
-        console = console or Console()
-        if not console.is_terminal:
-            # A log file or pipe: rich would assume 80 columns and squeeze the cells.
-            console.width = max(console.width, 160)
+        console = _measure.wide_console(console)
         console.print(self.table())
         for layer in self.layers.values():
             if layer.note:
@@ -302,7 +290,8 @@ def plan(
             exact candidates, ``float("inf")`` allows every one that runs.
         eval_fn: ``eval_fn(model) -> float``; if given, it is called on ``model`` and on
             ``slimops.convert(copy.deepcopy(model), plan)``, and the two values are
-            stored as ``metric_before`` / ``metric_after``.
+            stored as ``metric_before`` / ``metric_after``. A train/eval switch it makes
+            on ``model`` is undone afterwards.
         repeats: timed runs per (layer, candidate).
         warmup: untimed runs before them.
         progress: show a (transient) progress bar; None: when stderr is a terminal.
@@ -319,7 +308,7 @@ def plan(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"slimops.plan: model must be a torch.nn.Module, got {type(model).__name__}")
-    args, kwargs = _split_inputs(example_inputs)
+    args, kwargs = _measure.split_inputs(example_inputs, "slimops.plan")
     named = _candidate_names(default_candidates() if candidates is None else candidates)
     if isinstance(max_error_db, bool) or not isinstance(max_error_db, numbers.Real):
         raise TypeError(f"slimops.plan: max_error_db must be a real number (dB), got {type(max_error_db).__name__}")
@@ -328,11 +317,7 @@ def plan(
         raise ValueError("slimops.plan: max_error_db must not be NaN")
     if eval_fn is not None and not callable(eval_fn):
         raise TypeError(f"slimops.plan: eval_fn must be callable or None, got {type(eval_fn).__name__}")
-    for arg, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"slimops.plan: {arg} must be an int, got {type(value).__name__}")
-        if value < low:
-            raise ValueError(f"slimops.plan: {arg} must be >= {low}, got {value}")
+    _measure.check_counts("slimops.plan", repeats=repeats, warmup=warmup)
     meta = [name for name, p in model.named_parameters() if p.device.type == "meta"]
     if meta:
         raise ValueError(f"slimops.plan: model has parameters on the meta device (e.g. {meta[0]!r}); materialize them first")
@@ -343,7 +328,7 @@ def plan(
     if not layers:
         warnings.warn("slimops.plan: model has no linear layer; the plan is empty", stacklevel=2)
 
-    device = _device_of(model)
+    device = _measure.device_of(model)
     result = Plan(
         configs={},
         layers={},
@@ -367,7 +352,9 @@ def plan(
                 result.configs[fqn] = result.candidates[layer.chosen]
 
     if eval_fn is not None:
-        result.metric_before = _metric(eval_fn(model), "original model")
+        # eval_fn usually calls .eval() or .train(): the model goes back as it came.
+        with _measure.keep_modes(model):
+            result.metric_before = _metric(eval_fn(model), "original model")
         result.metric_after = _metric(eval_fn(convert(copy.deepcopy(model), result)), "planned model")
     return result
 
@@ -390,22 +377,6 @@ def select_linear_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
         return stand_in is not None and stand_in[1] is None
 
     return [(fqn, m) for fqn, m in model.named_modules() if isinstance(m, nn.Linear) or exact_linear(m)]
-
-
-def _split_inputs(example_inputs) -> tuple[tuple, dict]:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,), {}
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    if isinstance(example_inputs, Mapping):
-        bad = [k for k in example_inputs if not isinstance(k, str)]
-        if bad:
-            raise TypeError(f"slimops.plan: example_inputs dict keys must be str (keyword names), got {bad[0]!r}")
-        return (), dict(example_inputs)
-    raise TypeError(
-        "slimops.plan: example_inputs must be a tuple of positional arguments, a Tensor, or a dict of "
-        f"keyword arguments, got {type(example_inputs).__name__}"
-    )
 
 
 def _candidate_names(candidates) -> dict[str, Config]:
@@ -452,25 +423,18 @@ def _short_name(c: Config) -> str:
 
 
 def _record_inputs(model: nn.Module, layers, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
-    """Run ``model`` once; return ``{fqn: input of the layer's first call}`` (cloned)."""
-    inputs: dict[str, torch.Tensor] = {}
-    handles = []
+    """Run ``model`` once; return ``{fqn: input of the layer's first call}`` (cloned).
 
-    def make_hook(fqn):
-        def hook(module, a):
-            # NOTE: cloned, since a later in-place op (a residual `x += ...`) may overwrite it.
-            if fqn not in inputs and a and isinstance(a[0], torch.Tensor):
-                inputs[fqn] = a[0].detach().clone()
-
-        return hook
-
-    try:
-        for fqn, module in layers:
-            handles.append(module.register_forward_pre_hook(make_hook(fqn)))
-        model(*args, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
+    The input is the call's first argument, positional or by keyword (``layer(input=x)``);
+    a layer whose first call has no tensor there is left out (it stays dense).
+    """
+    calls = _measure.record_calls(model, layers, args, kwargs, first_only=True, outputs=False)
+    inputs = {}
+    for fqn, layer_calls in calls.items():
+        if layer_calls:
+            given = [*layer_calls[0].args, *layer_calls[0].kwargs.values()]
+            if given and isinstance(given[0], torch.Tensor):
+                inputs[fqn] = given[0]
     return inputs
 
 
@@ -486,7 +450,7 @@ def _measure_layer(fqn, module, x, named, warmup, repeats, bar) -> LayerPlan:
     try:
         ref = module(x)
     except Exception as e:  # noqa: BLE001 (the layer fails on its own input: nothing to compare)
-        layer.note = f"the original layer fails on its recorded input ({_describe(e)}): kept dense"
+        layer.note = f"the original layer fails on its recorded input ({_measure.describe_error(e)}): kept dense"
         bar.advance(1 + len(named))
         return layer
     if not isinstance(ref, torch.Tensor) or not torch.isfinite(ref).all():
@@ -502,19 +466,19 @@ def _measure_layer(fqn, module, x, named, warmup, repeats, bar) -> LayerPlan:
     bar.advance()
     for name, config in named.items():
         bar.show(f"{fqn} {name}")
-        layer.results[name] = _measure(module, config, x, ref, warmup, repeats)
+        layer.results[name] = _measure_candidate(module, config, x, ref, warmup, repeats)
         bar.advance()
     return layer
 
 
-def _measure(module, config, x, ref, warmup, repeats) -> Measurement:
+def _measure_candidate(module, config, x, ref, warmup, repeats) -> Measurement:
     """One candidate on one layer: build its replacement, check its output, time it."""
     try:
         new = build_replacement(module, config)
     except Unsupported as e:
         return Measurement("unsupported", why=str(e))
     except Exception as e:  # noqa: BLE001 (e.g. a group_size that does not divide K: this layer only)
-        return Measurement("error", why=f"building it failed: {_describe(e)}")
+        return Measurement("error", why=f"building it failed: {_measure.describe_error(e)}")
     kind = type(new).__name__
     try:
         out = new(x)
@@ -526,20 +490,16 @@ def _measure(module, config, x, ref, warmup, repeats) -> Measurement:
         error = error_db(ref, out)
         seconds = _median_seconds(lambda: new(x), x.device, warmup, repeats)
     except Exception as e:  # noqa: BLE001 (e.g. no kernel for this dtype or GPU: record, go on)
-        return Measurement("error", module=kind, why=f"running it failed: {_describe(e)}")
+        return Measurement("error", module=kind, why=f"running it failed: {_measure.describe_error(e)}")
     return Measurement("ok", seconds, error, kind)
 
 
 def error_db(ref: torch.Tensor, out: torch.Tensor) -> float:
-    """``10 log10(sum((ref - out)^2) / sum(ref^2))`` in float64: -inf when equal, inf when ``ref`` is 0 and out is not."""
-    r, o = ref.double(), out.to(ref.device).double()
-    noise = (r - o).pow(2).sum().item()
-    signal = r.pow(2).sum().item()
-    if noise == 0:
-        return -math.inf
-    if signal == 0:
-        return math.inf
-    return 10 * math.log10(noise / signal)
+    """``10 log10(sum((ref - out)^2) / sum(ref^2))`` in float64: -inf when equal, inf when ``ref`` is 0 and out is not.
+
+    The negated SQNR that :func:`slimops.report` gives: lower is better, as budgets read.
+    """
+    return -_measure.sqnr_db(*_measure.signal_and_noise(ref, out))
 
 
 def _choose(layer: LayerPlan, max_error_db: float) -> str:
@@ -551,41 +511,11 @@ def _choose(layer: LayerPlan, max_error_db: float) -> str:
 
 
 def _median_seconds(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs, after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            # Like triton.testing.do_bench: write 256 MB before each run, so a layer's weights
-            # are read from DRAM as they are inside a model (not from an L2 warmed by the last run).
-            flush = torch.empty(256 << 20, dtype=torch.int8, device=device)
-            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
-            for start, end in events:
-                flush.zero_()
-                start.record()
-                fn()
-                end.record()
-            torch.cuda.synchronize(device)
-            return statistics.median(s.elapsed_time(e) for s, e in events) * 1e-3
-    backend = getattr(torch, device.type, None)
-    sync = getattr(backend, "synchronize", None) if device.type != "cpu" else None
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        if sync is not None:
-            sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    """Median seconds of ``fn()``: on a GPU, its GPU time with a cold L2 (as inside a model)."""
+    return _measure.median_seconds([fn], [device], warmup=warmup, repeats=repeats, cuda_events=True)[0]
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
 
 
 def _device_name(device: torch.device) -> str:
@@ -595,32 +525,11 @@ def _device_name(device: torch.device) -> str:
 
 
 def _metric(value, which: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"slimops.plan: eval_fn must return a real number, got {type(value).__name__} on the {which}")
-    return float(value)
-
-
-def _describe(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
-
-
-def _json_safe(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)  # "inf", "-inf", "nan"
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
+    return _measure.metric_value(value, "slimops.plan", where=f" on the {which}")
 
 
 def _fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "-"
-    if s < 1e-3:
-        return f"{s * 1e6:.1f} µs"
-    return f"{s * 1e3:.2f} ms" if s < 1 else f"{s:.2f} s"
+    return _measure.fmt_seconds(s, digits=2)
 
 
 def _fmt_db(db: float | None) -> str:

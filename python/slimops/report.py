@@ -14,19 +14,16 @@ end-to-end comparison would blame the last layer for everything upstream).
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import json
 import math
-import numbers
 import os
-import statistics
-import time
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
+
+from slimops import _measure
 
 EvalFn = Callable[[nn.Module], "float | dict[str, float]"]
 
@@ -89,7 +86,7 @@ class CompressionReport:
         d = dataclasses.asdict(self)
         d["size_ratio"] = self.size_ratio
         d["latency_ratio"] = self.latency_ratio
-        return _json_safe(d)
+        return _measure.json_safe(d)
 
     def to_json(self, path: str | os.PathLike | None = None, indent: int = 2) -> str:
         """The report as JSON text, also written to ``path`` when given.
@@ -98,12 +95,7 @@ class CompressionReport:
             path: file to write (None: only return the text).
             indent: JSON indentation.
         """
-        # allow_nan=False: fail loudly rather than write Infinity/NaN, which is not JSON.
-        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-        if path is not None:
-            with open(path, "w") as f:
-                f.write(text + "\n")
-        return text
+        return _measure.write_json(self.to_dict(), path, indent)
 
     def table(self):
         """A ``rich.table.Table`` of the layers (the whole-model summary is printed below it by :meth:`print`)."""
@@ -167,12 +159,7 @@ class CompressionReport:
         Args:
             console: a ``rich.console.Console`` (stdout if None).
         """
-        from rich.console import Console
-
-        console = console or Console()
-        if not console.is_terminal:
-            # A log file or pipe: rich would assume 80 columns and squeeze the cells.
-            console.width = max(console.width, 160)
+        console = _measure.wide_console(console)
         console.print(self)
 
     def plot(self, path: str | os.PathLike) -> None:
@@ -254,7 +241,8 @@ def report(
             tensor is wrapped), or a dict of keyword arguments (``{"input_ids": ...}``).
             Every reported layer's inputs and outputs are kept in memory: keep it small.
         eval_fn: ``eval_fn(model) -> float | dict[str, float]``, called once on each model
-            (outside ``no_grad``: it sets up its own grad mode and data).
+            (outside ``no_grad``: it sets up its own grad mode and data). A train/eval
+            switch it makes is undone afterwards.
         repeats: timed forwards per model, the two models taking turns; the latency is
             their median (with a CUDA synchronize around each when the model is on a GPU).
         warmup: untimed forwards per model before timing.
@@ -266,14 +254,10 @@ def report(
     for arg, value in (("original", original), ("converted", converted)):
         if not isinstance(value, nn.Module):
             raise TypeError(f"slimops.report: {arg} must be a torch.nn.Module, got {type(value).__name__}")
-    args, kwargs = _split_inputs(example_inputs)
+    args, kwargs = _measure.split_inputs(example_inputs, "slimops.report")
     if eval_fn is not None and not callable(eval_fn):
         raise TypeError(f"slimops.report: eval_fn must be callable or None, got {type(eval_fn).__name__}")
-    for arg, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"slimops.report: {arg} must be an int, got {type(value).__name__}")
-        if value < low:
-            raise ValueError(f"slimops.report: {arg} must be >= {low}, got {value}")
+    _measure.check_counts("slimops.report", repeats=repeats, warmup=warmup)
     if original is converted:
         warnings.warn(
             "slimops.report: original and converted are the same object (slimops.convert works in place: "
@@ -294,7 +278,7 @@ def report(
     # weight_int8_linear kernel fails under inference_mode (its parallel_for workers
     # write into an inference tensor without the inference-mode thread state).
     with torch.no_grad():
-        calls = _record_calls(original, names, args, kwargs)
+        calls = _measure.record_calls(original, [(name, original.get_submodule(name)) for name in names], args, kwargs)
         layers = []
         for name in names:
             before = original.get_submodule(name)
@@ -313,12 +297,21 @@ def report(
             else:
                 layer.sqnr_db, layer.note = _layer_sqnr(after, calls[name])
             layers.append(layer)
-        latency_before, latency_after = _median_latencies([original, converted], args, kwargs, repeats, warmup)
+        # The wall clock, as a user waiting on the forward sees it (launch overhead included).
+        latency_before, latency_after = _measure.median_seconds(
+            [lambda: original(*args, **kwargs), lambda: converted(*args, **kwargs)],
+            [_measure.device_of(original), _measure.device_of(converted)],
+            warmup=warmup,
+            repeats=repeats,
+        )
 
     metric_before = metric_after = None
     if eval_fn is not None:
-        metric_before = _metric(eval_fn(original))
-        metric_after = _metric(eval_fn(converted))
+        # eval_fn usually calls .eval() or .train(): the models go back as they came.
+        with _measure.keep_modes(original):
+            metric_before = _metric(eval_fn(original))
+        with _measure.keep_modes(converted):
+            metric_after = _metric(eval_fn(converted))
 
     return CompressionReport(
         layers=layers,
@@ -328,7 +321,7 @@ def report(
         latency_after_s=latency_after,
         metric_before=metric_before,
         metric_after=metric_after,
-        device=_describe_device(_device_of(converted)),
+        device=_describe_device(_measure.device_of(converted)),
     )
 
 
@@ -382,22 +375,6 @@ def _zero_fraction(w: torch.Tensor) -> float:
     return 1.0 - torch.count_nonzero(w).item() / max(w.numel(), 1)
 
 
-def _split_inputs(example_inputs) -> tuple[tuple, dict]:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,), {}
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    if isinstance(example_inputs, Mapping):
-        bad = [k for k in example_inputs if not isinstance(k, str)]
-        if bad:
-            raise TypeError(f"slimops.report: example_inputs dict keys must be str (keyword names), got {bad[0]!r}")
-        return (), dict(example_inputs)
-    raise TypeError(
-        "slimops.report: example_inputs must be a tuple of positional arguments, a Tensor, or a dict of "
-        f"keyword arguments, got {type(example_inputs).__name__}"
-    )
-
-
 def _is_under(fqn: str, parent: str) -> bool:
     return fqn.startswith(parent + ".")
 
@@ -424,70 +401,19 @@ def _select_layers(original: nn.Module, converted: nn.Module) -> list[str]:
     return names
 
 
-def _clone(obj):
-    """Copy of the tensors in ``obj`` (nested tuples, lists and plain dicts), detached.
-
-    NOTE: a later in-place op (``ReLU(inplace=True)``) would otherwise overwrite a
-    recorded output, which is also the next layer's recorded input. Other objects
-    (caches, configs) are passed on as they are.
-    """
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
-        return type(obj)(*(_clone(v) for v in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_clone(v) for v in obj)
-    if type(obj) is dict:
-        return {k: _clone(v) for k, v in obj.items()}
-    return obj
-
-
-def _tensors(obj) -> list[torch.Tensor]:
-    """The tensors in ``obj`` in a fixed order (tuples, lists, dict values)."""
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (tuple, list)):
-        return [t for v in obj for t in _tensors(v)]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors(v)]
-    return []
-
-
-def _record_calls(model: nn.Module, names: list[str], args: tuple, kwargs: dict) -> dict[str, list]:
-    """Run ``model`` once; return ``{fqn: [(args, kwargs, output tensors), ...]}``, one entry per call."""
-    calls: dict[str, list] = {name: [] for name in names}
-    handles = []
-
-    def make_hook(name):
-        def hook(module, a, kw, out):
-            # Only the output's tensors are compared, so they are all that is kept of it.
-            calls[name].append((_clone(a), _clone(kw), [t.detach().clone() for t in _tensors(out)]))
-
-        return hook
-
-    try:
-        for name in names:
-            handles.append(model.get_submodule(name).register_forward_hook(make_hook(name), with_kwargs=True))
-        model(*args, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
-    return calls
-
-
-def _layer_sqnr(module: nn.Module, calls: list) -> tuple[float | None, str | None]:
+def _layer_sqnr(module: nn.Module, calls: list[_measure.Call]) -> tuple[float | None, str | None]:
     """``(SQNR in dB, note)`` of ``module`` run on the recorded calls of the original layer."""
     if not calls:
         return None, "not called by the forward"
     signal = noise = 0.0
-    for args, kwargs, refs in calls:
+    for call in calls:
+        refs = call.outputs
         try:
-            out = module(*args, **kwargs)
+            out = module(*call.args, **call.kwargs)
         except Exception as e:  # noqa: BLE001 (any failure means: not comparable on these inputs)
             # Typically a layer whose input channels were pruned: it cannot take the original input.
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            return None, f"not comparable: fails on the original inputs ({type(e).__name__}: {first_line})"
-        outs = _tensors(out)
+            return None, f"not comparable: fails on the original inputs ({_measure.describe_error(e)})"
+        outs = _measure.tensors(out)
         if not refs:
             return None, "no tensor output"
         if len(refs) != len(outs):
@@ -497,22 +423,10 @@ def _layer_sqnr(module: nn.Module, calls: list) -> tuple[float | None, str | Non
                 return None, (
                     f"not comparable: output shape {list(r.shape)} -> {list(o.shape)} (channels pruned?)"
                 )
-            # float64 for both: the outputs may differ in dtype, and fp32 sums of squares lose digits.
-            r64, o64 = r.double(), o.to(device=r.device).double()
-            signal += r64.pow(2).sum().item()
-            noise += (r64 - o64).pow(2).sum().item()
-    if math.isnan(signal) or math.isnan(noise):
-        return math.nan, "NaN in the outputs"
-    if noise == 0:
-        return math.inf, None
-    if signal == 0:
-        return -math.inf, None
-    return 10 * math.log10(signal / noise), None
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    t = next(itertools.chain(model.parameters(), model.buffers()), None)
-    return torch.device("cpu") if t is None else t.device
+            s, n = _measure.signal_and_noise(r, o)
+            signal, noise = signal + s, noise + n
+    sqnr = _measure.sqnr_db(signal, noise)
+    return sqnr, ("NaN in the outputs" if math.isnan(sqnr) else None)
 
 
 def _describe_device(device: torch.device) -> str:
@@ -521,54 +435,11 @@ def _describe_device(device: torch.device) -> str:
     return str(device)
 
 
-def _median_latencies(models: list[nn.Module], args: tuple, kwargs: dict, repeats: int, warmup: int) -> list[float]:
-    """Median seconds of one forward of each model over ``repeats`` runs, after ``warmup`` untimed ones.
-
-    The models take turns (A B A B ...), so a slow drift of the machine (clock
-    boost, another process) falls on both alike rather than on whichever ran first.
-    """
-    syncs = []
-    for model in models:
-        device = _device_of(model)
-        # CUDA launches are asynchronous: without a sync the clock would only measure the launches.
-        syncs.append((lambda d=device: torch.cuda.synchronize(d)) if device.type == "cuda" else (lambda: None))
-    for _ in range(warmup):
-        for model in models:
-            model(*args, **kwargs)
-    times: list[list[float]] = [[] for _ in models]
-    for _ in range(repeats):
-        for model, sync, t in zip(models, syncs, times):
-            sync()
-            t0 = time.perf_counter()
-            model(*args, **kwargs)
-            sync()
-            t.append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
-
-
 def _metric(value) -> float | dict[str, float]:
+    expected = "a number or a dict of numbers"
     if isinstance(value, Mapping):
-        return {str(k): _metric_value(v) for k, v in value.items()}
-    return _metric_value(value)
-
-
-def _metric_value(v) -> float:
-    if isinstance(v, torch.Tensor) and v.numel() == 1:
-        return float(v.item())
-    # numbers.Real takes Python and NumPy scalars; bool is refused (a pass/fail is not a metric).
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"slimops.report: eval_fn must return a number or a dict of numbers, got {type(v).__name__}")
-    return float(v)
-
-
-def _json_safe(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
+        return {str(k): _measure.metric_value(v, "slimops.report", expected) for k, v in value.items()}
+    return _measure.metric_value(value, "slimops.report", expected)
 
 
 def _fmt_bytes(n: int | None) -> str:
@@ -581,11 +452,7 @@ def _fmt_bytes(n: int | None) -> str:
 
 
 def _fmt_seconds(s: float) -> str:
-    if s >= 1:
-        return f"{s:.3f} s"
-    if s >= 1e-3:
-        return f"{s * 1e3:.3f} ms"
-    return f"{s * 1e6:.1f} µs"
+    return _measure.fmt_seconds(s, digits=3)
 
 
 def _fmt_sqnr(s: float | None) -> str:
