@@ -64,7 +64,31 @@ def _dense_parts(linear: nn.Module, mask: torch.Tensor | None, who: str):
     return weight, bias, mask
 
 
-class MaskedLinear(nn.Module):
+class _MaskedWeight(nn.Module):
+    """What the masked layers share: a bool ``mask`` buffer shaped like ``weight`` (True = kept)."""
+
+    weight: nn.Parameter
+    mask: torch.Tensor
+
+    @torch.no_grad()
+    def set_mask(self, mask: torch.Tensor) -> None:
+        """Replace the mask and zero the weights it prunes, in place."""
+        _check_mask(mask, self.weight, f"{type(self).__name__}.set_mask")
+        self.mask.copy_(mask)
+        self.apply_mask_()
+
+    @torch.no_grad()
+    def apply_mask_(self) -> None:
+        """Zero the pruned weights in place."""
+        self.weight.mul_(self.mask)
+
+    @property
+    def sparsity(self) -> float:
+        """The fraction of weights the mask prunes."""
+        return 1.0 - self.mask.sum().item() / max(self.mask.numel(), 1)
+
+
+class MaskedLinear(_MaskedWeight):
     """``y = x (W ⊙ M)^T + b`` with a fixed bool mask ``M``, for training a pruned layer.
 
     ``weight`` and ``bias`` are ordinary parameters; ``mask`` is a bool buffer
@@ -109,23 +133,6 @@ class MaskedLinear(nn.Module):
         module.apply_mask_()
         return module
 
-    @torch.no_grad()
-    def set_mask(self, mask: torch.Tensor) -> None:
-        """Replace the mask and zero the weights it prunes, in place."""
-        _check_mask(mask, self.weight, "MaskedLinear.set_mask")
-        self.mask.copy_(mask)
-        self.apply_mask_()
-
-    @torch.no_grad()
-    def apply_mask_(self) -> None:
-        """Zero the pruned weights in place."""
-        self.weight.mul_(self.mask)
-
-    @property
-    def sparsity(self) -> float:
-        """The fraction of weights the mask prunes."""
-        return 1.0 - self.mask.sum().item() / max(self.mask.numel(), 1)
-
     def to_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` holding ``W ⊙ M`` (new parameters, same dtype and device)."""
         bias = None if self.bias is None else self.bias.detach()
@@ -148,7 +155,7 @@ class MaskedLinear(nn.Module):
         )
 
 
-class MaskedConv2d(nn.Module):
+class MaskedConv2d(_MaskedWeight):
     """``conv2d(x, W ⊙ M) + b`` with a fixed bool mask ``M``, for training a pruned convolution.
 
     ``weight`` and ``bias`` are the original ``nn.Conv2d``'s parameters (shared);
@@ -181,23 +188,6 @@ class MaskedConv2d(nn.Module):
         module = cls(conv, torch.ones_like(conv.weight, dtype=torch.bool) if mask is None else mask)
         module.apply_mask_()
         return module
-
-    @torch.no_grad()
-    def set_mask(self, mask: torch.Tensor) -> None:
-        """Replace the mask and zero the weights it prunes, in place."""
-        _check_mask(mask, self.weight, "MaskedConv2d.set_mask")
-        self.mask.copy_(mask)
-        self.apply_mask_()
-
-    @torch.no_grad()
-    def apply_mask_(self) -> None:
-        """Zero the pruned weights in place."""
-        self.weight.mul_(self.mask)
-
-    @property
-    def sparsity(self) -> float:
-        """The fraction of weights the mask prunes."""
-        return 1.0 - self.mask.sum().item() / max(self.mask.numel(), 1)
 
     def to_conv(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` holding ``W ⊙ M`` (new parameters, same dtype and device)."""
