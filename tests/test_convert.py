@@ -285,3 +285,34 @@ def test_config_type_error_names_only_public_configs():
     with pytest.raises(TypeError) as e:
         slimops.convert(make_model(), object())
     assert "Int8StaticConfig" in str(e.value) and "_Prepare" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        HalfConfig(torch.float16),
+        slimops.Int8DynamicConfig(),
+        slimops.Int8WeightOnlyConfig(),
+        slimops.Fp8DynamicConfig(),
+        slimops.SparseConfig(0.5, pattern="2:4"),
+        slimops.SparseConfig(0.75, pattern="block", block_size=16),
+    ],
+    ids=lambda c: type(c).__name__ + getattr(c, "pattern", ""),
+)
+def test_converted_layers_take_the_input_keyword_like_nn_linear(config):
+    """Model code may call a layer as ``self.proj(input=h)``: the replacement takes that keyword too."""
+
+    class KeywordCaller(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(32, 48)
+
+        def forward(self, h):
+            return self.proj(input=h)
+
+    torch.manual_seed(0)
+    model = KeywordCaller()
+    x = torch.randn(3, 32)
+    slimops.convert(model, config)
+    assert type(model.proj) is not nn.Linear
+    assert model(x).shape == (3, 48)

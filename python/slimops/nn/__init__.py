@@ -1,4 +1,8 @@
-"""Modules that ``slimops.convert`` swaps into models."""
+"""Modules that ``slimops.convert`` swaps into models.
+
+Each ``forward`` takes ``input``, the name ``nn.Linear`` and ``nn.Conv2d`` use, so
+model code that calls a layer by keyword (``self.proj(input=h)``) keeps working.
+"""
 
 from slimops.nn.half_linear import HalfLinear
 from slimops.nn.quantized import (

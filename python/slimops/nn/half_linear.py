@@ -35,8 +35,8 @@ class HalfLinear(nn.Module):
         bias = None if linear.bias is None else linear.bias.detach().to(dtype)
         return cls(linear.weight.detach().to(dtype), bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(self.weight.dtype), self.weight, self.bias).to(x.dtype)
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.linear(input.to(self.weight.dtype), self.weight, self.bias).to(input.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.weight.dtype}"

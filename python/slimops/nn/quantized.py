@@ -87,8 +87,8 @@ class Int8DynamicLinear(_QuantizedLinear):
         q, scale, _ = slimops.ops.quantize_per_channel(w, 0, True)
         return cls(q, _check_scales(scale, "weight"), _float_bias(linear))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return slimops.ops.int8_dynamic_linear(x, self.weight, self.weight_scale, self.bias)
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return slimops.ops.int8_dynamic_linear(input, self.weight, self.weight_scale, self.bias)
 
 
 class Int8WeightOnlyLinear(_QuantizedLinear):
@@ -128,8 +128,8 @@ class Int8WeightOnlyLinear(_QuantizedLinear):
             q, scale = q.reshape(n, k), scale.reshape(n, k // group_size)
         return cls(q, _check_scales(scale, "weight"), _float_bias(linear), group_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return slimops.ops.weight_int8_linear(x, self.weight, self.weight_scale, self.bias)
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return slimops.ops.weight_int8_linear(input, self.weight, self.weight_scale, self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, group_size={self.group_size}"
@@ -178,10 +178,10 @@ class Fp8DynamicLinear(_QuantizedLinear):
         q, scale = slimops.ops.quantize_fp8_per_row(w)
         return cls(q, _check_scales(scale, "weight"), bias, k, n)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self._k_pad:  # a constant of the module, not of the data
-            x = F.pad(x, (0, self._k_pad))
-        out = slimops.ops.fp8_dynamic_linear(x, self.weight, self.weight_scale, self.bias)
+            input = F.pad(input, (0, self._k_pad))
+        out = slimops.ops.fp8_dynamic_linear(input, self.weight, self.weight_scale, self.bias)
         return out[..., : self.out_features] if self._n_pad else out
 
 
@@ -220,15 +220,15 @@ class Int8StaticLinear(_QuantizedLinear):
         q, scale, _ = slimops.ops.quantize_per_channel(w, 0, True)
         return cls(q, _check_scales(scale, "weight"), _float_bias(linear), s)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, self.in_features)
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        x2 = input.reshape(-1, self.in_features)
         # A row holding inf/NaN gets q = 0 and scale inf, so it comes out NaN, as in quantize_per_token.
         bad = ~torch.isfinite(x2).all(dim=-1, keepdim=True)
         v = torch.round(x2.float() / self.input_scale)  # torch.round: half to even
         q = torch.where(bad, 0.0, v).clamp(-127, 127).to(torch.int8)
         a_scale = torch.where(bad, float("inf"), self.input_scale)
-        out = slimops.ops.int8_mm(q, self.weight, a_scale, self.weight_scale, self.bias, x.dtype)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        out = slimops.ops.int8_mm(q, self.weight, a_scale, self.weight_scale, self.bias, input.dtype)
+        return out.reshape(*input.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, input_scale={self.input_scale.item():.6g}"
@@ -261,9 +261,9 @@ class ObservedLinear(nn.Module):
         _float_weight(linear)  # refuse what Int8StaticLinear will refuse, before calibration
         return cls(linear.weight, linear.bias, observer.to(linear.weight.device))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.observer(x)
-        return F.linear(x, self.weight, self.bias)
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self.observer(input)
+        return F.linear(input, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

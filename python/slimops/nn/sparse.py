@@ -138,15 +138,15 @@ class MaskedLinear(_MaskedWeight):
         bias = None if self.bias is None else self.bias.detach()
         return dense_linear(self.weight.detach() * self.mask, bias, self.weight.requires_grad)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
-        if torch.is_autocast_enabled(x.device.type):
+        if torch.is_autocast_enabled(input.device.type):
             # Autocast does not reach custom ops: cast as it casts nn.Linear (x, weight and
             # bias to the autocast dtype); the weight gradient flows back in the weight's dtype.
-            dtype = torch.get_autocast_dtype(x.device.type)
-            x, weight = x.to(dtype), weight.to(dtype)
+            dtype = torch.get_autocast_dtype(input.device.type)
+            input, weight = input.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)
-        return slimops.ops.masked_linear(x, weight, self.mask, bias)
+        return slimops.ops.masked_linear(input, weight, self.mask, bias)
 
     def extra_repr(self) -> str:
         return (
@@ -202,9 +202,9 @@ class MaskedConv2d(_MaskedWeight):
                 conv.bias.copy_(self.bias)
         return conv.requires_grad_(w.requires_grad)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight = torch.where(self.mask, self.weight, torch.zeros((), dtype=self.weight.dtype, device=self.weight.device))
-        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(input, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return (
@@ -281,8 +281,8 @@ class BlockSparseLinear(nn.Module):
 
         return block_sparse_to_dense(self.values, self.row_ptr, self.col_idx, self.in_features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return slimops.ops.block_sparse_linear(x, self.values, self.row_ptr, self.col_idx, self.bias)
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return slimops.ops.block_sparse_linear(input, self.values, self.row_ptr, self.col_idx, self.bias)
 
     def extra_repr(self) -> str:
         bn, bk = self.block_size
@@ -319,8 +319,8 @@ class Sparse24Linear(nn.Module):
         values, meta = slimops.ops.sparse24_compress(weight.contiguous())
         return cls(values, meta, bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return slimops.ops.sparse24_linear(x, self.values, self.meta, self.bias)
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return slimops.ops.sparse24_linear(input, self.values, self.meta, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, 2:4"
