@@ -46,6 +46,9 @@ MatmulGeometry validate_int8_mm(const at::Tensor& a, const at::Tensor& b, const 
   g.m = a.size(0);
   g.k = a.size(1);
   g.n = b.size(0);
+  // Every product is at most 128 * 128 = 2^14 in size, so K terms fit int32 while K < 2^17.
+  SLIMOPS_CHECK(g.k <= kInt8MaxK, op, "K must be at most ", kInt8MaxK,
+                " (the exact int32 accumulator could overflow past it), got K = ", g.k);
   check_dtype(a_scale, at::kFloat, op, "a_scale");
   check_vector(a_scale, g.m, op, "a_scale", "one scale per row of a");
   check_dtype(b_scale, at::kFloat, op, "b_scale");

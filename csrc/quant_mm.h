@@ -14,6 +14,10 @@
 
 namespace slimops {
 
+// The largest K int8_mm takes: |a[m,k] * b[n,k]| <= 2^14, so K < 2^17 terms cannot overflow
+// the int32 accumulator on any backend.
+constexpr int64_t kInt8MaxK = (int64_t{1} << 17) - 1;
+
 struct MatmulGeometry {
   int64_t m = 0;       // rows of the activation (product of its leading dims)
   int64_t n = 0;       // out_features

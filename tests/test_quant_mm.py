@@ -8,6 +8,10 @@ poisoned (``poison_empty``), so an element a kernel forgot to write fails.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -101,6 +105,78 @@ def test_int8_mm_epilogue(impl, m, n, k, layout, bias_dtype, out_dtype):
     # then one rounding to the output dtype (and fp16's subnormal spacing).
     bound = 4 * EPS[torch.float32] * (product + bias_mag) * 1.01 + EPS[out_dtype] * exact.abs() * 1.01 + 2.0**-24
     assert_within(out, exact, bound, f"int8_mm {m}x{n}x{k} {layout}")
+
+
+# ---------------------------------------------------------------- int8_mm over all of int8
+
+# Every register block of the CPU kernel (1..6 rows of a x 1..4 rows of b, and their
+# remainders) and K tails of 1..15 elements past whole 16-element chunks.
+FULL_RANGE_SHAPES = [(m, n, k) for m in (1, 2, 3, 4, 5, 6, 7, 13) for n, k in ((1, 1), (5, 15), (9, 16), (13, 17))]
+FULL_RANGE_SHAPES += [(17, 23, 4097), (64, 37, 1024)]
+
+
+@pytest.mark.parametrize("m,n,k", FULL_RANGE_SHAPES)
+def test_int8_mm_full_int8_range_is_exact(impl, m, n, k):
+    """The op takes any int8, -128 included (the quantizers never make it): sums stay exact."""
+    skip_missing(impl, "int8_mm")
+    a = torch.randint(-128, 128, (m, k), generator=gen(m * 7 + k), dtype=torch.int8)
+    b = torch.randint(-128, 128, (n, k), generator=gen(n * 5 + k + 1), dtype=torch.int8)
+    # -128 in the first and last column: the first full chunk and the K tail.
+    a[:, 0], a[:, -1], b[:, 0], b[:, -1] = -128, -128, -128, -128
+    ones_m, ones_n = torch.ones(m).to(impl.device), torch.ones(n).to(impl.device)
+    out = impl.int8_mm(a.to(impl.device), b.to(impl.device), ones_m, ones_n, None, torch.float32)
+    # The int32 sum, rounded once to fp32 (exact below 2^24).
+    assert torch.equal(out.cpu(), (a.long() @ b.long().t()).float())
+
+
+@pytest.mark.parametrize("a_val,b_val", [(-128, -128), (-128, 127), (127, -128)])
+def test_int8_mm_extreme_values_at_the_int32_limit(impl, a_val, b_val):
+    """Constant extreme operands with K = 131071, the largest K whose -128 * -128 sum fits int32."""
+    skip_missing(impl, "int8_mm")
+    if impl.name == "triton-interpret":
+        pytest.skip("K = 131071 is too long for the Triton interpreter")
+    m, n, k = 7, 5, 131071  # 7 rows: a 6-row register block and a remainder
+    a = torch.full((m, k), a_val, dtype=torch.int8)
+    b = torch.full((n, k), b_val, dtype=torch.int8)
+    ones_m, ones_n = torch.ones(m).to(impl.device), torch.ones(n).to(impl.device)
+    out = impl.int8_mm(a.to(impl.device), b.to(impl.device), ones_m, ones_n, None, torch.float32)
+    exact = a.long() @ b.long().t()
+    assert exact.abs().max().item() < 2**31 and exact[0, 0].item() == a_val * b_val * k
+    assert torch.equal(out.cpu(), exact.float())
+
+
+def _run_with_isa(isa: str, code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SLIMOPS_CPU_ISA": isa}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2"])
+def test_int8_mm_each_cpu_kernel(isa):
+    """SLIMOPS_CPU_ISA (read once per process) forces one of int8_mm's CPU kernels: the exactness
+    tests above pass with each, in a fresh process."""
+    if isa == "avx2" and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("this CPU has no AVX2")
+    select = "cpu and (accumulation_is_exact or int_mm or full_int8_range or int32_limit or epilogue)"
+    code = (
+        "import sys, pytest; sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-x', "
+        f"{__file__!r}, '-k', {select!r}]))"
+    )
+    done = _run_with_isa(isa, code)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout and " failed" not in done.stdout
+
+
+def test_int8_mm_cpu_isa_rejects_unknown_values():
+    code = (
+        "import torch, slimops\n"
+        "a = torch.ones(2, 3, dtype=torch.int8)\n"
+        "slimops.ops.int8_mm(a, a, torch.ones(2), torch.ones(2))\n"
+    )
+    done = _run_with_isa("avx9000", code)
+    assert done.returncode != 0 and "SLIMOPS_CPU_ISA must be auto, generic or avx2, got 'avx9000'" in done.stderr
 
 
 # ---------------------------------------------------------------- weight_int8_linear

@@ -159,6 +159,9 @@ def _bad_inputs(device):
         (mm, (a, b, sa, sb, d(torch.rand(5)), torch.float32), r"bias must have shape \[6\]"),
         (mm, (a, b, sa, sb, d(torch.rand(6)).int(), torch.float32), "bias must be float32, float16 or bfloat16"),
         (mm, (a, b, sa, sb, None, torch.int32), "out_dtype must be float32, float16 or bfloat16"),
+        # Past 2^17 - 1 terms of up to 128 * 128 the int32 accumulator could overflow: refused.
+        (mm, (d(torch.full((1, 1 << 17), -128, dtype=torch.int8)), d(torch.full((1, 1 << 17), -128, dtype=torch.int8)),
+              sa[:1], sb[:1], None, torch.float32), "K must be at most 131071"),
         (w8, (a, b, sb, None), "x must be float32, float16 or bfloat16"),
         (w8, (x, b.float(), sb, None), "weight must be"),
         (w8, (x, b[:, :5], sb, None), "mismatched K"),

@@ -1,9 +1,15 @@
 // CPU kernels of the quantized matmul family.
 //
 // int8_mm accumulates exactly in int32 and applies the epilogue in fp32, as
-// the GPU kernels do. weight_int8_linear dequantizes one block of weight rows
-// at a time into a small fp32 buffer and hands it to ATen's fp32 GEMM, so the
-// full dequantized weight never exists. quantize_fp8_per_row follows
+// the GPU kernels do. Its integer dot products come from csrc/cpu/int8_gemm.h:
+// AVX2 micro-kernels where the CPU has AVX2, portable C++ elsewhere. The
+// environment variable SLIMOPS_CPU_ISA, read once per process, overrides the
+// choice: "generic" forces the portable kernel (tests run both), "avx2"
+// demands AVX2, unset or "auto" picks the best this CPU runs.
+//
+// weight_int8_linear dequantizes one block of weight rows at a time into a
+// small fp32 buffer and hands it to ATen's fp32 GEMM, so the full dequantized
+// weight never exists. quantize_fp8_per_row follows
 // python/slimops/reference/quant_mm.py bit for bit.
 #include <ATen/ThreadLocalState.h>
 #include <ATen/Dispatch.h>
@@ -18,45 +24,96 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <string>
 #include <vector>
 
+#include "cpu/int8_gemm.h"
 #include "quant_mm.h"
 
 namespace slimops {
 namespace {
 
-// Output rows of b (weights) per parallel task: 32 rows of K <= 11008 int8
-// stay in L2 while every row of a streams past them.
-constexpr int64_t kInt8RowsPerTask = 32;
 // Weight rows dequantized per GEMM call: 64 x K fp32 is ~2.8 MB at K = 11008.
 constexpr int64_t kDequantRows = 64;
 
-inline int32_t dot_int8(const int8_t* a, const int8_t* b, int64_t k) {
-  int32_t acc = 0;
-  // Exact in any order (integer adds); GCC vectorises it with pmaddwd.
-#pragma omp simd reduction(+ : acc)
-  for (int64_t i = 0; i < k; ++i) acc += static_cast<int32_t>(a[i]) * static_cast<int32_t>(b[i]);
-  return acc;
+// int8_mm's integer kernel, chosen once per process (see the top of this file).
+enum class Int8Isa { kGeneric, kAvx2 };
+
+Int8Isa int8_isa() {
+  // A throw leaves the static unset, so every call reports a bad value again.
+  static const Int8Isa isa = [] {
+    const char* env = std::getenv("SLIMOPS_CPU_ISA");
+    const std::string v = env == nullptr ? "" : env;
+    TORCH_CHECK(v.empty() || v == "auto" || v == "generic" || v == "avx2",
+                "slimops: SLIMOPS_CPU_ISA must be auto, generic or avx2, got '", v, "'");
+    if (v == "generic") return Int8Isa::kGeneric;
+    const bool avx2 = int8_gemm::cpu_has_avx2();
+    TORCH_CHECK(v != "avx2" || avx2, "slimops: SLIMOPS_CPU_ISA=avx2 but this CPU does not support AVX2");
+    return avx2 ? Int8Isa::kAvx2 : Int8Isa::kGeneric;
+  }();
+  return isa;
 }
 
+// How int8_mm splits out [M, N] into tasks: tm rows of a x tn rows of b each.
+struct Int8Tiling {
+  int64_t tm, tn, m_tasks, n_tasks;
+};
+
+Int8Tiling int8_tiling(int64_t M, int64_t N, int64_t K) {
+  // At most 72 rows of a per task (a multiple of the AVX2 kernel's 6-row register
+  // block), and a panel of ~256 KB of b, which stays in L2 while every 6 rows of a
+  // stream past it.
+  const int64_t max_tm = 72;
+  const int64_t max_tn = std::clamp<int64_t>((int64_t{256} << 10) / std::max<int64_t>(K, 1), 12, 192);
+  const int64_t m_tasks = (M + max_tm - 1) / max_tm;
+  int64_t n_tasks = (N + max_tn - 1) / max_tn;
+  // At least two tasks per thread where N allows it (panels of >= 12 rows), so threads share the work evenly.
+  const int64_t want = 2 * static_cast<int64_t>(at::get_num_threads());
+  if (m_tasks * n_tasks < want) n_tasks = std::min((N + 11) / 12, (want + m_tasks - 1) / m_tasks);
+  // Equal blocks: rows of a rounded up to the 6-row register block, rows of b to 4
+  // (the register blocks take 2, 3 or 4 rows of b; a remainder goes one row at a time).
+  const int64_t tm = std::min(M, ((M + m_tasks - 1) / m_tasks + 5) / 6 * 6);
+  const int64_t tn = std::min(N, ((N + n_tasks - 1) / n_tasks + 3) / 4 * 4);
+  return {tm, tn, (M + tm - 1) / tm, (N + tn - 1) / tn};
+}
+
+// out[m, n] = (float(acc[m, n]) * a_scale[m]) * b_scale[n] + bias[n], acc the exact int32 dot.
 template <typename out_t>
 void int8_mm_kernel(const at::Tensor& a, const at::Tensor& b, const float* a_scale, const float* b_scale,
                     const float* bias, at::Tensor& out) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(0);
-  const int8_t* A = a.data_ptr<int8_t>();
   const int8_t* B = b.data_ptr<int8_t>();
   out_t* O = out.data_ptr<out_t>();
-  const int64_t tasks = (N + kInt8RowsPerTask - 1) / kInt8RowsPerTask;
-  at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+  const bool avx2 = int8_isa() == Int8Isa::kAvx2;
+  // a widened to int16 once, rows zero-padded to whole 16-element chunks: [M, kp].
+  const int64_t kp = int8_gemm::padded_k(K);
+  at::Tensor a16 = at::empty({M, kp}, a.options().dtype(at::kShort));
+  int16_t* A16 = a16.data_ptr<int16_t>();
+  const int8_t* A = a.data_ptr<int8_t>();
+  at::parallel_for(0, M, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(kp, 1)),
+                   [&](int64_t m0, int64_t m1) { int8_gemm::widen_rows(A + m0 * K, m1 - m0, K, A16 + m0 * kp, kp); });
+
+  const Int8Tiling tiling = int8_tiling(M, N, K);
+  const int64_t tm = tiling.tm, tn = tiling.tn, m_tasks = tiling.m_tasks, n_tasks = tiling.n_tasks;
+  // Task t covers rows block t % m_tasks of a and panel t / m_tasks of b: consecutive
+  // tasks (one thread's share) reuse a panel of b. Each output is written by one task.
+  at::parallel_for(0, m_tasks * n_tasks, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<int32_t> acc(static_cast<size_t>(tm * tn));  // [tm, tn] int32 tile
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n0 = t * kInt8RowsPerTask, n1 = std::min(N, n0 + kInt8RowsPerTask);
-      for (int64_t m = 0; m < M; ++m) {
-        for (int64_t n = n0; n < n1; ++n) {
+      const int64_t m0 = (t % m_tasks) * tm, mb = std::min(tm, M - m0);
+      const int64_t n0 = (t / m_tasks) * tn, nb = std::min(tn, N - n0);
+      int8_gemm::dot_block(avx2, A16 + m0 * kp, kp, B + n0 * K, K, K, mb, nb, acc.data(), tn);
+      for (int64_t i = 0; i < mb; ++i) {
+        const int32_t* ci = acc.data() + i * tn;
+        const float sa = a_scale[m0 + i];
+        out_t* oi = O + (m0 + i) * N + n0;
+        for (int64_t j = 0; j < nb; ++j) {
           // Same order as the GPU epilogue: (acc * a_scale) * b_scale + bias, in fp32.
-          float v = static_cast<float>(dot_int8(A + m * K, B + n * K, K)) * a_scale[m] * b_scale[n];
-          if (bias != nullptr) v += bias[n];
-          O[m * N + n] = static_cast<out_t>(v);
+          float v = static_cast<float>(ci[j]) * sa * b_scale[n0 + j];
+          if (bias != nullptr) v += bias[n0 + j];
+          oi[j] = static_cast<out_t>(v);
         }
       }
     }

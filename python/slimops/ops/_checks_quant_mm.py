@@ -64,6 +64,10 @@ def _check_bias(bias: torch.Tensor | None, n: int, device: torch.device, op: str
     _check(bias.device == device, lambda: _fail(op, f"bias must be on {device}, got {bias.device}"))
 
 
+# The largest K int8_mm takes (kInt8MaxK in csrc/quant_mm.h).
+INT8_MAX_K = (1 << 17) - 1
+
+
 def validate_int8_mm(a, b, a_scale, b_scale, bias, out_dtype) -> MatmulGeometry:
     op = "int8_mm"
     check_dtype(a, torch.int8, op, "a")
@@ -74,6 +78,11 @@ def validate_int8_mm(a, b, a_scale, b_scale, bias, out_dtype) -> MatmulGeometry:
     _check(
         b.shape[1] == k,
         lambda: _fail(op, f"b has K = {b.shape[1]} but a has K = {k} (mismatched K): b must be [N, K]"),
+    )
+    # Every product is at most 2^14 in size, so K terms fit the int32 accumulator while K < 2^17.
+    _check(
+        k <= INT8_MAX_K,
+        lambda: _fail(op, f"K must be at most {INT8_MAX_K} (the exact int32 accumulator could overflow past it), got K = {k}"),
     )
     n = b.shape[0]
     check_dtype(a_scale, torch.float32, op, "a_scale")

@@ -1,7 +1,8 @@
 """Pure-PyTorch references for the quantized matmul family.
 
 These are the specification. Integer accumulation is exact (int64 here, int32
-in the kernels: |acc| <= 127 * 127 * K fits int32 for K < 133,000). The float
+in the kernels: |acc| <= 128 * 128 * K fits int32 for K < 2^17 = 131,072, the
+largest K ``int8_mm`` takes). The float
 epilogues are written in float64, so a kernel's result is compared against
 the exact value and held to the roundings the kernel is allowed (its fp32
 epilogue, then one rounding to the output dtype).
