@@ -316,3 +316,26 @@ def test_converted_layers_take_the_input_keyword_like_nn_linear(config):
     slimops.convert(model, config)
     assert type(model.proj) is not nn.Linear
     assert model(x).shape == (3, 48)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [HalfConfig(), slimops.Int8DynamicConfig(), slimops.Int8WeightOnlyConfig(), slimops.Fp8DynamicConfig(),
+     slimops.SparseConfig(0.5, pattern="2:4")],
+    ids=lambda c: type(c).__name__,
+)
+def test_float64_layers_are_skipped_with_the_reason(config):
+    """The kernels take fp32/fp16/bf16: a float64 layer stays as it is rather than failing at its first call."""
+    model = nn.Sequential(nn.Linear(64, 64)).double()
+    slimops.convert(model, config)
+    assert type(model[0]) is nn.Linear and "float64" in model.slimops_summary.skipped["0"]
+    assert model(torch.randn(2, 64, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_pruner_skips_float64_linears():
+    from slimops import prune
+
+    model = nn.Sequential(nn.Linear(16, 16)).double()
+    with pytest.warns(UserWarning, match="float64"):
+        pruner = prune.Pruner(model)
+    assert "0" in pruner.skipped and type(model[0]) is nn.Linear

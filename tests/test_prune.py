@@ -553,6 +553,16 @@ def test_sparse_config_block_and_unstructured():
     assert model.slimops_summary.converted["0"] == "Linear -> Linear"
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sparse_config_block_keeps_its_tile_at_high_sparsity(seed):
+    """At 90% a coarser tile could also have half its tiles empty; the pattern's tile is kept,
+    so the stored size does not depend on the weights and saved files fit any skeleton."""
+    torch.manual_seed(seed)
+    model = slimops.convert(nn.Sequential(nn.Linear(512, 512)), slimops.SparseConfig(0.9, pattern="block", block_size=16))
+    assert model[0].block_size == (16, 16)
+    assert model[0].values.numel() == round(0.1 * 32 * 32) * 16 * 16
+
+
 def test_sparse_config_gradient_criterion_reads_grads():
     model = mlp(widths=(64, 32, 16))
     with pytest.raises(ValueError, match="backward pass"):

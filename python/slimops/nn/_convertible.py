@@ -14,12 +14,13 @@ from slimops.conversion import Unsupported
 def check_convertible_linear(linear: nn.Module) -> None:
     """Raise :class:`Unsupported`, with the reason, for a linear layer no slimops module can replace.
 
-    Refused: non-float weights; the projections inside ``nn.MultiheadAttention``
+    Refused: weights other than float32 / float16 / bfloat16; the projections inside ``nn.MultiheadAttention``
     (it reads their weight directly, never calling them); ``nn.Linear``
     subclasses with their own ``forward`` (its behaviour would be lost).
     """
-    if not linear.weight.is_floating_point():
-        raise Unsupported(f"weight dtype {linear.weight.dtype} is not floating point")
+    if linear.weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        # The kernels take these three; a float64 layer would convert, then fail at its first call.
+        raise Unsupported(f"weight dtype {linear.weight.dtype}: slimops kernels take float32, float16 or bfloat16")
     if isinstance(linear, nn.modules.linear.NonDynamicallyQuantizableLinear):
         raise Unsupported("nn.MultiheadAttention reads this projection's weight directly")
     if isinstance(linear, nn.Linear) and type(linear).forward is not nn.Linear.forward:

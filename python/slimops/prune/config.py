@@ -94,7 +94,10 @@ def _sparse_linear(module: nn.Linear, config: SparseConfig) -> nn.Module:
     keep = torch.ones_like(weight, dtype=torch.bool)
     (mask,) = select_masks([scores], [keep], pattern, config.sparsity, "layer")
     bias = None if module.bias is None else module.bias.detach()
-    packed, _ = pack_linear(weight, bias, mask)
+    # A block pattern packs with its own tile: a coarser one would store the zeros of pruned
+    # tiles, and its size would depend on the weights (a saved file would fit no other skeleton).
+    tile = config.block_size if config.pattern == "block" else None
+    packed, _ = pack_linear(weight, bias, mask, block_size=tile)
     return packed
 
 
