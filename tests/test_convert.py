@@ -339,3 +339,33 @@ def test_pruner_skips_float64_linears():
     with pytest.warns(UserWarning, match="float64"):
         pruner = prune.Pruner(model)
     assert "0" in pruner.skipped and type(model[0]) is nn.Linear
+
+
+def test_a_module_used_at_two_places_is_converted_at_both():
+    """One nn.Linear object under several names gets one replacement, put at every place."""
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(32, 32)
+            self.b = self.a
+            self.seq = nn.Sequential(self.a, nn.ReLU(), self.a)
+
+        def forward(self, x):
+            return self.seq(self.b(self.a(x)))
+
+    torch.manual_seed(0)
+    model = Shared()
+    x = torch.randn(3, 32)
+    want = model(x)
+    slimops.convert(model, slimops.Int8WeightOnlyConfig())
+    assert model.a is model.b is model.seq[0] is model.seq[2]
+    assert type(model.a).__name__ == "Int8WeightOnlyLinear"
+    assert set(model.slimops_summary.converted) == {"a", "b", "seq.0", "seq.2"}
+    assert not model.slimops_summary.untouched
+    assert sqnr_db(want, model(x)) > 30
+
+    # Selected under any of its names: converted at all of them.
+    model = Shared()
+    slimops.convert(model, HalfConfig(), filter_fn=lambda m, fqn: fqn == "seq.2")
+    assert model.a is model.seq[0] and type(model.a) is HalfLinear

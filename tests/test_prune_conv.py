@@ -146,3 +146,18 @@ def test_masked_layers_train_under_autocast():
     for layer in pruner.layers.values():
         assert layer.weight.grad.dtype == torch.float32
         assert (layer.weight.grad[~layer.mask] == 0).all() and (layer.weight.grad[layer.mask] != 0).any()
+
+
+def test_a_layer_used_at_two_places_is_masked_and_packed_at_both():
+    """One nn.Linear object under two names: both places get the same masked (then packed) layer,
+    so pruned weights get no gradient through either use and the places stay tied."""
+    torch.manual_seed(0)
+    shared = nn.Linear(32, 32)
+    model = nn.Sequential(shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(32, 4))
+    pruner = make_pruner(model, "magnitude", P.block(16), 0.5)
+    pruner.step()
+    assert model[0] is model[2] and type(model[0]).__name__ == "MaskedLinear"
+    model(torch.randn(3, 32, generator=_gen(1))).sum().backward()
+    assert (model[0].weight.grad[~model[0].mask] == 0).all()
+    pruner.finalize()
+    assert model[0] is model[2] and type(model[0]).__name__ == "BlockSparseLinear"

@@ -226,7 +226,7 @@ def refused_linears():
     with torch.no_grad():
         inf_weight.weight[0, 0] = float("inf")
     return {
-        "not floating point": int_weight,
+        "weight dtype torch.int8: slimops kernels take": int_weight,
         "MultiheadAttention": nn.modules.linear.NonDynamicallyQuantizableLinear(8, 4),
         "overrides nn.Linear.forward": Custom(8, 4),
         "inf or NaN": nan_weight,

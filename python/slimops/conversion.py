@@ -110,23 +110,39 @@ def _check_model(model: nn.Module) -> None:
 def _plan(model: nn.Module, config: Config, filter_fn: FilterFn | None, summary: ConversionSummary):
     """Build every replacement for one config without touching the model.
 
-    Returns ``[(fqn, replacement)]`` and whether any module had a handler and passed the filter.
+    A module used at several places (the same object under several names) gets one
+    replacement, put at every place, so the places stay one layer; it is converted when
+    ``filter_fn`` selects it under any of its names. The model itself (fqn ``""``) is
+    never replaced: there is no parent to put the replacement in.
+
+    Returns ``[(names, replacement)]`` and whether any module had a handler and passed the filter.
     """
-    planned: list[tuple[str, nn.Module]] = []
+    names_of: dict[int, list[str]] = {}
+    module_of: dict[int, nn.Module] = {}
+    for fqn, module in model.named_modules(remove_duplicate=False):
+        names_of.setdefault(id(module), []).append(fqn)
+        module_of[id(module)] = module
+    planned: list[tuple[list[str], nn.Module]] = []
     candidates = 0
-    for fqn, module in model.named_modules():
+    for key, names in names_of.items():
+        module = module_of[key]
         found = _handler_for(config, module)
-        if found is None or (filter_fn is not None and not filter_fn(module, fqn)):
+        if found is None or (filter_fn is not None and not any(filter_fn(module, n) for n in names)):
             continue
         handler, fallback = found
         candidates += 1
+        if "" in names:
+            summary.skipped[""] = "the model itself: convert a model that holds it (e.g. nn.Sequential(layer))"
+            continue
         try:
-            planned.append((fqn, handler(module, config)))
+            planned.append((names, handler(module, config)))
         except Unsupported as why:
-            summary.skipped[fqn] = str(why)
+            for n in names:
+                summary.skipped[n] = str(why)
             continue
         if fallback is not None:
-            summary.fallbacks[fqn] = fallback
+            for n in names:
+                summary.fallbacks[n] = fallback
     return planned, candidates > 0
 
 
@@ -226,11 +242,12 @@ def convert(
             planned, any_selected = _plan(model, c, select, summary)
             if not any_selected:
                 selected_nothing.append(type(c).__name__)
-            for fqn, new in planned:
-                old = _swap(model, fqn, new)
-                swapped.append((fqn, old))
-                before = summary.converted.get(fqn, type(old).__name__)
-                summary.converted[fqn] = f"{before} -> {type(new).__name__}"
+            for names, new in planned:
+                for fqn in names:
+                    old = _swap(model, fqn, new)
+                    swapped.append((fqn, old))
+                    before = summary.converted.get(fqn, type(old).__name__)
+                    summary.converted[fqn] = f"{before} -> {type(new).__name__}"
     except BaseException:
         for fqn, old in reversed(swapped):  # leave the model exactly as it was
             _swap(model, fqn, old)

@@ -91,6 +91,13 @@ class Pruner:
         self.forms: dict[str, str] | None = None  # set by finalize
         self._final_stats: dict[str, LayerSparsity] = {}
 
+        # A layer used at several places (one object, several names) is masked once and the
+        # masked layer put at every place, so the places stay one layer.
+        first_name = {id(m): fqn for fqn, m in model.named_modules()}  # named_modules keeps the first name
+        self._aliases: dict[str, list[str]] = {}
+        for fqn, m in model.named_modules(remove_duplicate=False):
+            if fqn != first_name[id(m)]:
+                self._aliases.setdefault(first_name[id(m)], []).append(fqn)
         planned: list[tuple[str, nn.Module]] = []
         for fqn, m in model.named_modules():
             if not isinstance(m, (nn.Linear, nn.Conv2d)) or (filter_fn is not None and not filter_fn(m, fqn)):
@@ -120,12 +127,17 @@ class Pruner:
             warnings.warn("Pruner selected no layer", stacklevel=2)
         for fqn, m in planned:
             masked = MaskedLinear.from_float(m) if isinstance(m, nn.Linear) else MaskedConv2d.from_float(m)
-            _set_submodule(model, fqn, masked)
+            self._put(fqn, masked)
             self.layers[fqn] = masked
         self._hooks = []
         if self.criterion.needs_grad:
             for masked in self.layers.values():
                 self._hooks.append(masked.weight.register_hook(self._observer(masked.weight)))
+
+    def _put(self, fqn: str, module: nn.Module) -> None:
+        """Put ``module`` at ``fqn`` and at every other name the layer there has."""
+        for name in [fqn, *self._aliases.get(fqn, [])]:
+            _set_submodule(self.model, name, module)
 
     def _observer(self, weight: nn.Parameter):
         ref = weakref.ref(weight)
@@ -214,7 +226,7 @@ class Pruner:
             stats[fqn] = LayerSparsity(tuple(layer.weight.shape), layer.mask.numel(), int((~layer.mask).sum()))
             masks[fqn] = layer.mask.clone()
             plain = layer.to_linear() if isinstance(layer, MaskedLinear) else layer.to_conv()
-            _set_submodule(self.model, fqn, plain)
+            self._put(fqn, plain)
         forms: dict[str, str] = {}
         if isinstance(self.pattern, Channel):
             for fqn in self.layers:
@@ -239,7 +251,7 @@ class Pruner:
                     forms[fqn] = f"Conv2d (dense: {zeros:.0%} sparse; slimops has no sparse convolution kernel)"
                     continue
                 module, forms[fqn] = pack_linear(layer.weight, layer.bias, masks[fqn], min_zero_tiles, block)
-                _set_submodule(self.model, fqn, module)
+                self._put(fqn, module)
         for fqn, form in forms.items():
             stats[fqn].form = form
         self._final_stats = stats
