@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -369,3 +370,16 @@ def test_a_module_used_at_two_places_is_converted_at_both():
     model = Shared()
     slimops.convert(model, HalfConfig(), filter_fn=lambda m, fqn: fqn == "seq.2")
     assert model.a is model.seq[0] and type(model.a) is HalfLinear
+
+
+def test_a_layer_map_naming_missing_or_unhandled_modules():
+    model = make_model()
+    config = slimops.Int8WeightOnlyConfig()
+    with pytest.raises(KeyError, match=r"does not have: '2\.O'"):
+        slimops.convert(model, {"2": config, "2.O": config})
+    assert type(model[2]) is nn.Linear  # nothing converted
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        slimops.convert(model, {"2": config, "1": config})  # model[1] is a LayerNorm
+    assert type(model[2]).__name__ == "Int8WeightOnlyLinear"
+    assert "LayerNorm: Int8WeightOnlyConfig has no handler" in model.slimops_summary.skipped["1"]

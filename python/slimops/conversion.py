@@ -163,6 +163,17 @@ def _per_layer(configs: Mapping[str, Config | None]) -> list[tuple[Config, Filte
     return [(c, lambda m, fqn, names=names: fqn in names) for c, names in by_config.values()]
 
 
+def _check_map_names(model: nn.Module, configs: Mapping[str, Config | None]) -> None:
+    """A ``{fqn: config}`` key that names no module is a mistake (a typo, another model's plan)."""
+    names = {fqn for fqn, _ in model.named_modules(remove_duplicate=False)}
+    unknown = [k for k in configs if k not in names]
+    if unknown:
+        shown = ", ".join(repr(k) for k in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+        raise KeyError(
+            f"slimops.convert: the {{fqn: config}} map names {len(unknown)} module(s) the model does not have: {shown}"
+        )
+
+
 def _is_slimops(module: nn.Module) -> bool:
     return type(module).__module__.split(".")[0] == "slimops"
 
@@ -234,6 +245,8 @@ def convert(
             known = ", ".join(sorted(t.__name__ for t in _HANDLERS if not t.__name__.startswith("_")))
             raise TypeError(f"slimops.convert: config must be one of [{known}], got {type(c).__name__}")
     _check_model(model)
+    if isinstance(config, Mapping):
+        _check_map_names(model, config)
     summary = ConversionSummary()
     swapped: list[tuple[str, nn.Module]] = []
     selected_nothing: list[str] = []
@@ -252,6 +265,11 @@ def convert(
         for fqn, old in reversed(swapped):  # leave the model exactly as it was
             _swap(model, fqn, old)
         raise
+    if isinstance(config, Mapping):
+        for fqn, c in config.items():
+            if c is not None and fqn not in summary.converted and fqn not in summary.skipped:
+                kind = type(model.get_submodule(fqn)).__name__ if fqn else type(model).__name__
+                summary.skipped[fqn] = f"{kind}: {type(c).__name__} has no handler for it"
     summary.untouched = _untouched(model, [c for c, _ in steps], summary, unselected)
     model.slimops_summary = summary
     _warn(summary, selected_nothing, filter_fn is not None)
