@@ -265,8 +265,11 @@ def test_convert_skips_refused_layers_with_reason():
     assert "inf or NaN" in model.slimops_summary.skipped["1"]
 
 
-def test_float64_and_half_layers_convert():
-    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+def test_half_layers_convert_and_float64_is_refused():
+    # A float64 layer would convert, then fail at its first (float64) call: refused up front.
+    with pytest.raises(Unsupported, match="float64"):
+        Int8DynamicLinear.from_float(gaussian_linear(64, 32).double())
+    for dtype in (torch.float16, torch.bfloat16):
         lin = gaussian_linear(64, 32).to(dtype)
         q = Int8DynamicLinear.from_float(lin)
         assert q.weight.dtype == torch.int8 and q.weight_scale.dtype == torch.float32

@@ -558,3 +558,15 @@ def test_hugging_face_model_output():
     assert 30 <= r["transformer.h.0.mlp.c_fc"].sqnr_db < math.inf
     assert r.latency_before_s > 0 and r.latency_after_s > 0
     json.loads(r.to_json(), parse_constant=_no_constants)
+
+
+def test_a_compiled_model_is_reported_layer_by_layer():
+    """torch.compile wraps the model (its layers move under ``_orig_mod``); the rows still match."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(17, 123), nn.ReLU(), nn.Linear(123, 5)).eval()
+    converted = slimops.convert(copy.deepcopy(model), slimops.Int8WeightOnlyConfig())
+    rep = report(model, torch.compile(converted), (torch.randn(4, 17),), repeats=2, warmup=1)
+    rows = {layer.name: layer for layer in rep.layers}
+    assert set(rows) == {"0", "2"}
+    assert rows["0"].type_after == "Int8WeightOnlyLinear" and rows["0"].sqnr_db > 30
+    assert rep.size_after < rep.size_before

@@ -272,16 +272,23 @@ def report(
                 stacklevel=2,
             )
 
-    names = _select_layers(original, converted)
-    conv_modules = dict(converted.named_modules())
+    # A torch.compile'd model keeps its layers under ``_orig_mod``: the layers are matched,
+    # recorded and replayed there (hooks do not run inside a compiled graph); timing and
+    # eval_fn use the models as given.
+    plain_original = getattr(original, "_orig_mod", original)
+    plain_converted = getattr(converted, "_orig_mod", converted)
+    names = _select_layers(plain_original, plain_converted)
+    conv_modules = dict(plain_converted.named_modules())
     # NOTE: no_grad, not inference_mode: with more than one CPU thread, the CPU
     # weight_int8_linear kernel fails under inference_mode (its parallel_for workers
     # write into an inference tensor without the inference-mode thread state).
     with torch.no_grad():
-        calls = _measure.record_calls(original, [(name, original.get_submodule(name)) for name in names], args, kwargs)
+        calls = _measure.record_calls(
+            plain_original, [(name, plain_original.get_submodule(name)) for name in names], args, kwargs
+        )
         layers = []
         for name in names:
-            before = original.get_submodule(name)
+            before = plain_original.get_submodule(name)
             after = conv_modules.get(name)
             layer = LayerReport(
                 name=name,

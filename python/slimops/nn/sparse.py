@@ -227,7 +227,8 @@ class BlockSparseLinear(nn.Module):
     Buffers: ``values [nnz, block_n, block_k]``, ``row_ptr int32 [N / block_n + 1]``,
     ``col_idx int32 [nnz]`` (see :mod:`slimops.reference.sparse`), ``bias [N]`` or None.
     The kernel skips the tiles that are not stored, so the time falls with the
-    density of kept tiles. Inference only (the buffers take no gradient).
+    density of kept tiles. The stored weights are buffers and take no gradient; the
+    input does, so layers before this one can still train.
     """
 
     def __init__(

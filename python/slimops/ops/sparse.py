@@ -19,6 +19,7 @@ from slimops.ops._checks_sparse import (
     validate_masked_linear_grad_weight,
 )
 from slimops.ops._triton import register_triton, triton_usable
+from slimops.ops.quant_mm import register_linear_input_grad
 
 
 def masked_linear(
@@ -74,8 +75,9 @@ def block_sparse_linear(
 ) -> torch.Tensor:
     """``x W^T + b`` for a packed weight (see :func:`block_sparse_pack`); skips the tiles not stored.
 
-    Inference only. ``x`` is ``[..., K]`` of the values' dtype; K must be a
-    multiple of block_k. Returns ``[..., N]``.
+    ``x`` is ``[..., K]`` of the values' dtype; K must be a multiple of block_k.
+    Returns ``[..., N]``. Differentiable in ``x`` (and ``bias``) only: ``dx = dy W``
+    with the dense weight built in backward; the packed tensors get no gradient.
     """
     return torch.ops.slimops.block_sparse_linear.default(x, values, row_ptr, col_idx, bias)
 
@@ -130,6 +132,18 @@ if _build.HAS_C:
         return grad_x, grad_w, None, grad_b
 
     torch.library.register_autograd("slimops::masked_linear", _backward, setup_context=_setup_context)
+
+    def _block_sparse_dense_weight(k, values, row_ptr, col_idx):
+        # Tile t lies in block row r where row_ptr[r] <= t < row_ptr[r + 1]: no host sync, no loop.
+        nnz, bn, bk = values.shape
+        rows = row_ptr.shape[0] - 1
+        t = torch.arange(nnz, device=values.device, dtype=row_ptr.dtype)
+        block_row = torch.searchsorted(row_ptr[1:], t, right=True)
+        tiles = values.new_zeros((rows, k // bk, bn, bk), dtype=torch.float32)
+        tiles = tiles.index_put((block_row, col_idx.long()), values.float())
+        return tiles.permute(0, 2, 1, 3).reshape(rows * bn, k)  # [N, K]
+
+    register_linear_input_grad("slimops::block_sparse_linear", _block_sparse_dense_weight)
 
     if triton_usable():
         from slimops.kernels import block_sparse as _block_sparse

@@ -26,6 +26,7 @@ import torch
 from slimops import _build
 from slimops.ops._checks import _check, _fail, check_dtype, check_float_input, check_same_device
 from slimops.ops._checks_quant_mm import MatmulGeometry
+from slimops.ops.quant_mm import register_linear_input_grad
 
 
 def sparse24_compress(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +58,9 @@ def sparse24_linear(
     float16 and bfloat16 only, float32 is an error there (the CPU takes all
     three). Every M and every K that is a multiple of 8 work; the fast paths
     want K % 64 == 0 (other K run a slower step order, and large M then runs
-    the small-M kernel per 32 rows). Inference only (no autograd).
+    the small-M kernel per 32 rows). Differentiable in ``x`` (and ``bias``) only:
+    ``dx = dy W`` with the dense weight decoded in backward; values and meta
+    get no gradient.
 
     ``meta`` is trusted on a GPU: positions that are not increasing within a
     group (meta not made by :func:`sparse24_compress`) give unspecified
@@ -145,3 +148,13 @@ if _build.HAS_C:
     def _sparse24_linear_fake(x, values, meta, bias=None):
         g = validate_sparse24_linear(x, values, meta, bias)
         return x.new_empty((*x.shape[:-1], g.n))
+
+    def _sparse24_dense_weight(k, values, meta):
+        # Entry e of meta byte j is the position (bits 2e..2e+1) of value 4j + e in its group of 4.
+        n, half = values.shape
+        shifts = torch.arange(0, 8, 2, device=meta.device, dtype=torch.uint8)
+        pos = ((meta.unsqueeze(-1) >> shifts) & 3).reshape(n, half // 2, 2).long()
+        dense = values.new_zeros((n, half // 2, 4), dtype=torch.float32)
+        return dense.scatter(-1, pos, values.float().reshape(n, half // 2, 2)).reshape(n, k)
+
+    register_linear_input_grad("slimops::sparse24_linear", _sparse24_dense_weight)

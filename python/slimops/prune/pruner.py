@@ -214,7 +214,8 @@ class Pruner:
           convolution kernel), or fewer channels with the channel pattern.
 
         Returns ``{fqn: form}`` (also in :attr:`forms` and :meth:`sparsity_report`).
-        The new modules do not train: they are for inference (or further conversion).
+        The packed weights do not train (they are buffers; gradients still flow to the
+        layers before them): they are for inference, or further conversion.
         """
         self._check_live()
         for h in self._hooks:
