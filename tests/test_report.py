@@ -570,3 +570,21 @@ def test_a_compiled_model_is_reported_layer_by_layer():
     assert set(rows) == {"0", "2"}
     assert rows["0"].type_after == "Int8WeightOnlyLinear" and rows["0"].sqnr_db > 30
     assert rep.size_after < rep.size_before
+
+
+def test_measuring_a_model_in_training_mode_leaves_its_buffers_alone():
+    """BatchNorm in training mode updates its statistics on every forward; report and plan put them back."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.Linear(32, 8))  # left in training mode
+    converted = slimops.convert(copy.deepcopy(model), slimops.Int8WeightOnlyConfig())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    after = {k: v.clone() for k, v in converted.state_dict().items()}
+    x = torch.randn(8, 16)
+    with pytest.warns(UserWarning, match="training mode"):
+        report(model, converted, (x,), repeats=2, warmup=1)
+    with pytest.warns(UserWarning):
+        slimops.plan(model, (x,), [slimops.Int8WeightOnlyConfig()], repeats=1, warmup=0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    for k, v in converted.state_dict().items():
+        assert torch.equal(v, after[k]), k

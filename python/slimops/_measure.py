@@ -83,6 +83,23 @@ def keep_modes(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
+@contextlib.contextmanager
+def keep_buffers(*models: nn.Module) -> Iterator[None]:
+    """Put back, on exit, the buffers of every module in training mode.
+
+    NOTE: measuring runs the models; a BatchNorm in training mode would update its
+    running statistics each time. Modules in eval mode change no buffer, so only the
+    training ones are copied (quantized weights, which are buffers, are not duplicated).
+    """
+    saved = [(b, b.clone()) for model in models for m in model.modules() if m.training for b in m.buffers(recurse=False)]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, copy in saved:
+                b.copy_(copy)
+
+
 def metric_value(v, caller: str, expected: str = "a real number", where: str = "") -> float:
     """A value ``eval_fn`` returned, as a float: a real number (Python or NumPy) or a one-element tensor.
 

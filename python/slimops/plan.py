@@ -428,7 +428,8 @@ def _record_inputs(model: nn.Module, layers, args: tuple, kwargs: dict) -> dict[
     The input is the call's first argument, positional or by keyword (``layer(input=x)``);
     a layer whose first call has no tensor there is left out (it stays dense).
     """
-    calls = _measure.record_calls(model, layers, args, kwargs, first_only=True, outputs=False)
+    with _measure.keep_buffers(model):  # a BatchNorm in training mode must not learn from this run
+        calls = _measure.record_calls(model, layers, args, kwargs, first_only=True, outputs=False)
     inputs = {}
     for fqn, layer_calls in calls.items():
         if layer_calls:

@@ -279,10 +279,10 @@ def report(
     plain_converted = getattr(converted, "_orig_mod", converted)
     names = _select_layers(plain_original, plain_converted)
     conv_modules = dict(plain_converted.named_modules())
-    # NOTE: no_grad, not inference_mode: with more than one CPU thread, the CPU
-    # weight_int8_linear kernel fails under inference_mode (its parallel_for workers
-    # write into an inference tensor without the inference-mode thread state).
-    with torch.no_grad():
+    # no_grad, not inference_mode: the recorded inputs are replayed through the converted
+    # layers later and stay ordinary tensors. A model in training mode gets its buffers
+    # (BatchNorm statistics) put back afterwards.
+    with torch.no_grad(), _measure.keep_buffers(original, converted):
         calls = _measure.record_calls(
             plain_original, [(name, plain_original.get_submodule(name)) for name in names], args, kwargs
         )
