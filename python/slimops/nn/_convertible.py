@@ -41,16 +41,6 @@ def _is_hf_conv1d(module: nn.Module) -> bool:
     )
 
 
-def _sparse24_dense(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
-    """The dense ``[N, K]`` weight of a :class:`Sparse24Linear` (meta layout: :mod:`slimops.ops.sparse24`)."""
-    from slimops.reference.sparse import sparse24_to_dense
-
-    # Byte j of a row holds 4 two-bit positions (entry e in bits 2e..2e+1), one per kept value.
-    shifts = torch.arange(0, 8, 2, device=meta.device)
-    positions = (meta.long().unsqueeze(-1) >> shifts) & 3
-    return sparse24_to_dense(values, positions.reshape(meta.shape[0], -1))
-
-
 def linear_stand_in(module: nn.Module) -> tuple[Callable[[], nn.Linear], str | None] | None:
     """How to see ``module``, which is not an ``nn.Linear``, as one; ``None`` if it is no linear layer.
 
@@ -82,5 +72,5 @@ def linear_stand_in(module: nn.Module) -> tuple[Callable[[], nn.Linear], str | N
     if isinstance(module, BlockSparseLinear):
         return (lambda: dense_linear(module.to_dense(), bias_of(module))), lost
     if isinstance(module, Sparse24Linear):
-        return (lambda: dense_linear(_sparse24_dense(module.values, module.meta), bias_of(module))), lost
+        return (lambda: dense_linear(module.to_dense(), bias_of(module))), lost
     return None

@@ -278,9 +278,7 @@ class BlockSparseLinear(nn.Module):
 
     def to_dense(self) -> torch.Tensor:
         """The dense ``[out_features, in_features]`` weight this module stands for."""
-        from slimops.reference.sparse import block_sparse_to_dense
-
-        return block_sparse_to_dense(self.values, self.row_ptr, self.col_idx, self.in_features)
+        return slimops.ops.block_sparse_to_dense(self.values, self.row_ptr, self.col_idx, self.in_features)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return slimops.ops.block_sparse_linear(input, self.values, self.row_ptr, self.col_idx, self.bias)
@@ -319,6 +317,10 @@ class Sparse24Linear(nn.Module):
         weight, bias, _ = _dense_parts(linear, mask, "Sparse24Linear.from_dense")
         values, meta = slimops.ops.sparse24_compress(weight.contiguous())
         return cls(values, meta, bias)
+
+    def to_dense(self) -> torch.Tensor:
+        """The dense ``[out_features, in_features]`` weight this module stands for."""
+        return slimops.ops.sparse24_to_dense(self.values, self.meta)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return slimops.ops.sparse24_linear(input, self.values, self.meta, self.bias)

@@ -16,15 +16,17 @@ from slimops.ops.quantize import dequantize, quantize_per_channel, quantize_per_
 from slimops.ops.sparse import (
     block_sparse_linear,
     block_sparse_pack,
+    block_sparse_to_dense,
     masked_linear,
     masked_linear_grad_input,
     masked_linear_grad_weight,
 )
-from slimops.ops.sparse24 import sparse24_compress, sparse24_linear
+from slimops.ops.sparse24 import sparse24_compress, sparse24_linear, sparse24_to_dense
 
 __all__ = [
     "block_sparse_linear",
     "block_sparse_pack",
+    "block_sparse_to_dense",
     "clip_grad_norm_fused_",
     "dequantize",
     "fp8_dynamic_linear",
@@ -40,5 +42,6 @@ __all__ = [
     "quantize_per_token",
     "sparse24_compress",
     "sparse24_linear",
+    "sparse24_to_dense",
     "weight_int8_linear",
 ]

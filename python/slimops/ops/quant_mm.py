@@ -9,7 +9,7 @@ Triton above it. The semantics are those of :mod:`slimops.reference.quant_mm`.
 Weights use the ``nn.Linear`` layout ``[N, K]`` throughout: ``y = x W^T``.
 The three linears are differentiable in ``x`` (and ``bias``) only, so layers
 before a converted one still train: ``dx = dy W`` with ``W`` the dequantized
-weight, built in backward (:func:`register_linear_input_grad`). The dynamic
+weight, built in backward (:func:`linear_with_input_grad`). The dynamic
 ones pass the gradient straight through their activation rounding.
 Scales are not checked for finiteness per call (that would synchronize the
 GPU and break CUDA graphs); the modules check weight scales once, when they
@@ -70,7 +70,9 @@ def int8_dynamic_linear(
     Returns:
         ``[..., N]`` in ``x``'s dtype.
     """
-    return torch.ops.slimops.int8_dynamic_linear.default(x, weight, weight_scale, bias)
+    return linear_with_input_grad(
+        torch.ops.slimops.int8_dynamic_linear.default, _scaled_dense_weight, x, (weight, weight_scale), bias
+    )
 
 
 def weight_int8_linear(
@@ -88,7 +90,7 @@ def weight_int8_linear(
     Returns:
         ``[..., N]`` in ``x``'s dtype, accumulated in fp32.
     """
-    return torch.ops.slimops.weight_int8_linear.default(x, weight, scale, bias)
+    return linear_with_input_grad(torch.ops.slimops.weight_int8_linear.default, _int8_dense_weight, x, (weight, scale), bias)
 
 
 def quantize_fp8_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,43 +122,75 @@ def fp8_dynamic_linear(
         ``[..., N]`` in ``x``'s dtype. The GEMM writes bf16 (the only output
         cuBLAS supports with rowwise scales), converted to ``x``'s dtype.
     """
-    return torch.ops.slimops.fp8_dynamic_linear.default(x, weight, weight_scale, bias)
+    return linear_with_input_grad(
+        torch.ops.slimops.fp8_dynamic_linear.default, _scaled_dense_weight, x, (weight, weight_scale), bias
+    )
 
 
-def register_linear_input_grad(op: str, dense_weight) -> None:
-    """Give an inference linear ``op(x, *weight_parts, bias)`` a gradient for ``x`` (and ``bias``).
+class _LinearInputGrad(torch.autograd.Function):
+    """An inference linear ``op(x, *weight_parts, bias)`` with a gradient for ``x`` and ``bias``.
 
     ``dx = dy @ W`` with ``W = dense_weight(K, *weight_parts)``, the dense float ``[N, K]``
     weight the op multiplies by, built in backward only (forward saves the compact
     parts, never a dense copy); the matmul runs in ``x``'s dtype. The weight parts are
-    module buffers and get no gradient; a bias that requires grad gets ``dy`` summed
-    over the leading dims.
-
-    Args:
-        op: the qualified name, e.g. ``"slimops::weight_int8_linear"``; its schema is
-            ``(Tensor x, Tensor... weight_parts, Tensor? bias=None)``.
-        dense_weight: ``(K, *weight_parts) -> [N, K]`` float (``K`` is x's last dim), made
-            of traceable ATen ops (it runs in ``torch.compile``'s backward too).
+    module buffers and get no gradient.
     """
 
+    @staticmethod
+    def forward(x, bias, op, dense_weight, *parts):
+        return op(x, *parts, bias)
+
+    @staticmethod
     def setup_context(ctx, inputs, output):
-        x, *parts, bias = inputs
+        x, bias, _, dense_weight, *parts = inputs
         ctx.save_for_backward(*parts)
-        ctx.x_dtype = x.dtype
-        ctx.k = x.shape[-1]
+        ctx.dense_weight = dense_weight
+        ctx.x_dtype, ctx.k = x.dtype, x.shape[-1]
         ctx.bias_dtype = None if bias is None else bias.dtype
 
+    @staticmethod
     def backward(ctx, grad):
         parts = ctx.saved_tensors
         grad_x = grad_b = None
         if ctx.needs_input_grad[0]:
             # [..., N] @ [N, K] -> [..., K]
-            grad_x = grad.to(ctx.x_dtype) @ dense_weight(ctx.k, *parts).to(ctx.x_dtype)
-        if ctx.bias_dtype is not None and ctx.needs_input_grad[-1]:
+            grad_x = grad.to(ctx.x_dtype) @ ctx.dense_weight(ctx.k, *parts).to(ctx.x_dtype)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[1]:
             grad_b = grad.reshape(-1, grad.shape[-1]).sum(0, dtype=torch.float32).to(ctx.bias_dtype)
-        return (grad_x, *(None for _ in parts), grad_b)
+        return (grad_x, grad_b, None, None, *(None for _ in parts))
 
-    torch.library.register_autograd(op, backward, setup_context=setup_context)
+
+def linear_with_input_grad(op, dense_weight, x: torch.Tensor, parts: tuple, bias: torch.Tensor | None):
+    """``op(x, *parts, bias)``, differentiable in ``x`` and ``bias`` when they need a gradient.
+
+    NOTE: the autograd wrapper is applied here, in the typed wrapper, and only when a
+    gradient is needed: an autograd kernel registered on the op itself runs Python on
+    every call in grad or ``no_grad`` mode (measured +20-30 us a call on the 2-core CPU),
+    which the inference path must not pay. Calls to ``torch.ops.slimops.*`` directly get
+    no gradient.
+
+    Args:
+        op: the op overload, schema ``(Tensor x, Tensor... parts, Tensor? bias)``.
+        dense_weight: ``(K, *parts) -> [N, K]`` float, made of traceable ATen ops (it runs in
+            ``torch.compile``'s backward too).
+    """
+    if torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)):
+        return _LinearInputGrad.apply(x, bias, op, dense_weight, *parts)
+    return op(x, *parts, bias)
+
+
+def _int8_dense_weight(k: int, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    # int8 [N, K] times a [N] / [N, 1] (per channel) or [N, G] (per group of K / G) scale.
+    n = weight.shape[0]
+    g = scale.numel() // n
+    return (weight.float().reshape(n, g, k // g) * scale.float().reshape(n, g, 1)).reshape(n, k)
+
+
+def _scaled_dense_weight(k: int, weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    # int8 or e4m3 [N, K] times a per-row scale [N] / [N, 1]. NOTE: the dynamic linears also
+    # round x (per token to int8, per row to e4m3); their backward treats that rounding as
+    # identity (straight-through, as in QAT).
+    return weight.float() * weight_scale.float().reshape(-1, 1)
 
 
 def _linear_fake(x, n):
@@ -203,22 +237,6 @@ if _build.HAS_C:
     def _fp8_dynamic_linear_fake(x, weight, weight_scale, bias=None):
         n = _check_linear("fp8_dynamic_linear", x, weight, weight_scale, bias, torch.float8_e4m3fn)
         return _linear_fake(x, n)
-
-    def _int8_dense_weight(k, weight, scale):
-        # int8 [N, K] times a [N] / [N, 1] (per channel) or [N, G] (per group of K / G) scale.
-        n = weight.shape[0]
-        g = scale.numel() // n
-        return (weight.float().reshape(n, g, k // g) * scale.float().reshape(n, g, 1)).reshape(n, k)
-
-    def _scaled_dense_weight(k, weight, weight_scale):
-        # int8 or e4m3 [N, K] times a per-row scale [N] / [N, 1].
-        return weight.float() * weight_scale.float().reshape(-1, 1)
-
-    # NOTE: the dynamic linears also round x (per token to int8, per row to e4m3);
-    # their backward treats that rounding as identity (straight-through, as in QAT).
-    register_linear_input_grad("slimops::weight_int8_linear", _int8_dense_weight)
-    register_linear_input_grad("slimops::int8_dynamic_linear", _scaled_dense_weight)
-    register_linear_input_grad("slimops::fp8_dynamic_linear", _scaled_dense_weight)
 
     if triton_usable():
         from slimops.kernels import fp8 as _fp8

@@ -19,7 +19,7 @@ from slimops.ops._checks_sparse import (
     validate_masked_linear_grad_weight,
 )
 from slimops.ops._triton import register_triton, triton_usable
-from slimops.ops.quant_mm import register_linear_input_grad
+from slimops.ops.quant_mm import linear_with_input_grad
 
 
 def masked_linear(
@@ -66,6 +66,26 @@ def block_sparse_pack(
     return torch.ops.slimops.block_sparse_pack.default(weight, mask, block_n, block_k)
 
 
+def block_sparse_to_dense(values: torch.Tensor, row_ptr: torch.Tensor, col_idx: torch.Tensor, k: int) -> torch.Tensor:
+    """The dense ``[N, K]`` weight (values' dtype) of a packed one: zeros outside the stored tiles.
+
+    Loop-free and without a host sync (it runs in ``torch.compile``'s backward too);
+    :func:`slimops.reference.sparse.block_sparse_to_dense` is the tile-by-tile specification.
+    """
+    # Tile t lies in block row r where row_ptr[r] <= t < row_ptr[r + 1].
+    nnz, bn, bk = values.shape
+    rows = row_ptr.shape[0] - 1
+    t = torch.arange(nnz, device=values.device, dtype=row_ptr.dtype)
+    block_row = torch.searchsorted(row_ptr[1:], t, right=True)
+    tiles = values.new_zeros((rows, k // bk, bn, bk))
+    tiles = tiles.index_put((block_row, col_idx.long()), values)
+    return tiles.permute(0, 2, 1, 3).reshape(rows * bn, k)
+
+
+def _block_sparse_dense_weight(k, values, row_ptr, col_idx):
+    return block_sparse_to_dense(values, row_ptr, col_idx, k)
+
+
 def block_sparse_linear(
     x: torch.Tensor,
     values: torch.Tensor,
@@ -79,7 +99,9 @@ def block_sparse_linear(
     Returns ``[..., N]``. Differentiable in ``x`` (and ``bias``) only: ``dx = dy W``
     with the dense weight built in backward; the packed tensors get no gradient.
     """
-    return torch.ops.slimops.block_sparse_linear.default(x, values, row_ptr, col_idx, bias)
+    return linear_with_input_grad(
+        torch.ops.slimops.block_sparse_linear.default, _block_sparse_dense_weight, x, (values, row_ptr, col_idx), bias
+    )
 
 
 if _build.HAS_C:
@@ -133,17 +155,6 @@ if _build.HAS_C:
 
     torch.library.register_autograd("slimops::masked_linear", _backward, setup_context=_setup_context)
 
-    def _block_sparse_dense_weight(k, values, row_ptr, col_idx):
-        # Tile t lies in block row r where row_ptr[r] <= t < row_ptr[r + 1]: no host sync, no loop.
-        nnz, bn, bk = values.shape
-        rows = row_ptr.shape[0] - 1
-        t = torch.arange(nnz, device=values.device, dtype=row_ptr.dtype)
-        block_row = torch.searchsorted(row_ptr[1:], t, right=True)
-        tiles = values.new_zeros((rows, k // bk, bn, bk), dtype=torch.float32)
-        tiles = tiles.index_put((block_row, col_idx.long()), values.float())
-        return tiles.permute(0, 2, 1, 3).reshape(rows * bn, k)  # [N, K]
-
-    register_linear_input_grad("slimops::block_sparse_linear", _block_sparse_dense_weight)
 
     if triton_usable():
         from slimops.kernels import block_sparse as _block_sparse

@@ -26,7 +26,7 @@ import torch
 from slimops import _build
 from slimops.ops._checks import _check, _fail, check_dtype, check_float_input, check_same_device
 from slimops.ops._checks_quant_mm import MatmulGeometry
-from slimops.ops.quant_mm import register_linear_input_grad
+from slimops.ops.quant_mm import linear_with_input_grad
 
 
 def sparse24_compress(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,6 +46,20 @@ def sparse24_compress(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
         ``(values [N, K/2] of weight's dtype, meta uint8 [N, K/8])``.
     """
     return torch.ops.slimops.sparse24_compress.default(weight)
+
+
+def sparse24_to_dense(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
+    """The dense ``[N, K]`` weight (values' dtype) that :func:`sparse24_compress` compressed."""
+    from slimops.reference.sparse import sparse24_to_dense as from_positions
+
+    # Entry e of meta byte j is the position (bits 2e..2e+1) of value 4j + e in its group of 4.
+    shifts = torch.arange(0, 8, 2, device=meta.device, dtype=torch.uint8)
+    positions = ((meta.unsqueeze(-1) >> shifts) & 3).reshape(meta.shape[0], -1)
+    return from_positions(values, positions)
+
+
+def _sparse24_dense_weight(k, values, meta):
+    return sparse24_to_dense(values, meta)
 
 
 def sparse24_linear(
@@ -75,7 +89,7 @@ def sparse24_linear(
     Returns:
         ``[..., N]`` in ``x``'s dtype.
     """
-    return torch.ops.slimops.sparse24_linear.default(x, values, meta, bias)
+    return linear_with_input_grad(torch.ops.slimops.sparse24_linear.default, _sparse24_dense_weight, x, (values, meta), bias)
 
 
 def validate_sparse24_compress(weight: torch.Tensor) -> None:
@@ -149,12 +163,3 @@ if _build.HAS_C:
         g = validate_sparse24_linear(x, values, meta, bias)
         return x.new_empty((*x.shape[:-1], g.n))
 
-    def _sparse24_dense_weight(k, values, meta):
-        # Entry e of meta byte j is the position (bits 2e..2e+1) of value 4j + e in its group of 4.
-        n, half = values.shape
-        shifts = torch.arange(0, 8, 2, device=meta.device, dtype=torch.uint8)
-        pos = ((meta.unsqueeze(-1) >> shifts) & 3).reshape(n, half // 2, 2).long()
-        dense = values.new_zeros((n, half // 2, 4), dtype=torch.float32)
-        return dense.scatter(-1, pos, values.float().reshape(n, half // 2, 2)).reshape(n, k)
-
-    register_linear_input_grad("slimops::sparse24_linear", _sparse24_dense_weight)
