@@ -110,11 +110,11 @@ def linear_fqns(model: nn.Module) -> set[str]:
 
 
 def weight_fqns(model: nn.Module) -> set[str]:
-    """Every module holding a >= 2-D weight of its own (what the summary accounts for)."""
+    """Every module holding a >= 2-D float parameter of its own, of any name (what the summary accounts for)."""
     return {
         fqn
         for fqn, m in model.named_modules()
-        if any(name.endswith("weight") and p.dim() >= 2 for name, p in m.named_parameters(recurse=False))
+        if any(p.dim() >= 2 and p.is_floating_point() for p in m.parameters(recurse=False))
     }
 
 
@@ -228,7 +228,7 @@ def test_sparse_then_quantized(family, config):
     for fqn in fqns:
         layer = model.get_submodule(fqn)
         assert isinstance(layer, Int8WeightOnlyLinear)
-        assert (layer.weight == 0).float().mean() >= 0.5, fqn  # the pruned zeros stay zeros
+        assert (layer.qweight == 0).float().mean() >= 0.5, fqn  # the pruned zeros stay zeros
     if config == "sparse_2_4_then_weight_only":
         # No kernel fuses 2:4 with int8: each layer is quantized dense, and the summary and a warning say so.
         assert set(summary.fallbacks) == fqns
@@ -245,7 +245,7 @@ def test_gpt2_tied_lm_head():
     x = inputs("gpt2")
     model = slimops.convert(build("gpt2"), slimops.Int8DynamicConfig())
     # Converting lm_head unties it; the embedding stays float.
-    assert model.transformer.wte.weight.dtype == torch.float32 and model.lm_head.weight.dtype == torch.int8
+    assert model.transformer.wte.weight.dtype == torch.float32 and model.lm_head.qweight.dtype == torch.int8
     kept = slimops.convert(build("gpt2"), slimops.Int8DynamicConfig(), filter_fn=lambda m, fqn: fqn != "lm_head")
     assert kept.lm_head.weight is kept.transformer.wte.weight
     assert kept.slimops_summary.untouched["lm_head"] == "Linear: filter_fn did not select it"

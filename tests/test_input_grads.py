@@ -44,8 +44,8 @@ def _block_mask(n: int, k: int, b: int, seed: int) -> torch.Tensor:
 def _int8_weight_only(group_size):
     def build(lin):
         layer = Int8WeightOnlyLinear.from_float(lin, group_size=group_size)
-        k = layer.weight.shape[1]
-        return layer, layer.weight.double() * expand_group_scale(layer.weight_scale, k).double()
+        k = layer.qweight.shape[1]
+        return layer, layer.qweight.double() * expand_group_scale(layer.weight_scale, k).double()
 
     return build
 
@@ -53,7 +53,7 @@ def _int8_weight_only(group_size):
 def _scaled(cls):
     def build(lin):
         layer = cls.from_float(lin)
-        return layer, layer.weight.double() * layer.weight_scale.double().reshape(-1, 1)
+        return layer, layer.qweight.double() * layer.weight_scale.double().reshape(-1, 1)
 
     return build
 
@@ -123,9 +123,9 @@ def _wrapper_args():
     s24 = Sparse24Linear.from_dense(lin, _mask_2_4(48, 64, seed=3))
     bs = BlockSparseLinear.from_dense(lin, _block_mask(48, 64, 16, seed=4), 16)
     return {
-        "weight_int8_linear": (slimops.ops.weight_int8_linear, (wi.weight, wi.weight_scale)),
-        "int8_dynamic_linear": (slimops.ops.int8_dynamic_linear, (wd.weight, wd.weight_scale)),
-        "fp8_dynamic_linear": (slimops.ops.fp8_dynamic_linear, (wf.weight, wf.weight_scale)),
+        "weight_int8_linear": (slimops.ops.weight_int8_linear, (wi.qweight, wi.weight_scale)),
+        "int8_dynamic_linear": (slimops.ops.int8_dynamic_linear, (wd.qweight, wd.weight_scale)),
+        "fp8_dynamic_linear": (slimops.ops.fp8_dynamic_linear, (wf.qweight, wf.weight_scale)),
         "sparse24_linear": (slimops.ops.sparse24_linear, (s24.values, s24.meta)),
         "block_sparse_linear": (slimops.ops.block_sparse_linear, (bs.values, bs.row_ptr, bs.col_idx)),
     }
@@ -166,7 +166,7 @@ def test_partially_converted_model_trains():
     assert m[0].weight.grad is not None
 
     # float64: dL/dW0 = (1 @ W1_eff)^T x, the same for every row of the batch.
-    w1 = m[1].weight.double() * expand_group_scale(m[1].weight_scale, 32).double()
+    w1 = m[1].qweight.double() * expand_group_scale(m[1].weight_scale, 32).double()
     dh = torch.ones(4, 32, dtype=torch.float64) @ w1
     torch.testing.assert_close(m[0].weight.grad.double(), dh.t() @ x.double(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(m[0].bias.grad.double(), dh.sum(0), rtol=1e-5, atol=1e-6)

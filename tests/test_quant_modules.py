@@ -54,7 +54,7 @@ def static_reference(m: Int8StaticLinear, x: torch.Tensor) -> torch.Tensor:
     x2 = x.reshape(-1, m.in_features).float()
     q = torch.round(x2 / m.input_scale).clamp(-127, 127).to(torch.int8)
     a_scale = m.input_scale.expand(x2.shape[0])
-    out = R.int8_mm(q, m.weight, a_scale, m.weight_scale, m.bias, x.dtype)
+    out = R.int8_mm(q, m.qweight, a_scale, m.weight_scale, m.bias, x.dtype)
     return out.reshape(*x.shape[:-1], m.out_features)
 
 
@@ -75,12 +75,12 @@ def build(kind: str, lin: nn.Linear) -> nn.Module:
 def reference(kind: str, m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The module's output computed by the references from its own buffers."""
     if kind == "int8_dynamic":
-        return R.int8_dynamic_linear(x, m.weight, m.weight_scale, m.bias)
+        return R.int8_dynamic_linear(x, m.qweight, m.weight_scale, m.bias)
     if kind.startswith("int8_weight_only"):
-        return R.weight_int8_linear(x, m.weight, m.weight_scale, m.bias)
+        return R.weight_int8_linear(x, m.qweight, m.weight_scale, m.bias)
     if kind == "fp8_dynamic":
-        xp = torch.nn.functional.pad(x, (0, m.weight.shape[1] - m.in_features))
-        return R.fp8_dynamic_linear(xp, m.weight, m.weight_scale, m.bias)[..., : m.out_features]
+        xp = torch.nn.functional.pad(x, (0, m.qweight.shape[1] - m.in_features))
+        return R.fp8_dynamic_linear(xp, m.qweight, m.weight_scale, m.bias)[..., : m.out_features]
     if kind == "int8_static":
         return static_reference(m, x)
     raise AssertionError(kind)
@@ -162,7 +162,7 @@ def test_weights_are_quantized_buffers(kind):
     assert list(q.parameters()) == []
     sd = q.state_dict()
     want_weight = torch.float8_e4m3fn if kind == "fp8_dynamic" else torch.int8
-    assert sd["weight"].dtype == want_weight
+    assert sd["qweight"].dtype == want_weight
     assert sd["weight_scale"].dtype == torch.float32 and sd["bias"].dtype == torch.float32
     assert (q.in_features, q.out_features) == (K, 17)
     assert f"in_features={K}, out_features=17" in repr(q)
@@ -179,7 +179,7 @@ def test_weight_scale_shapes():
     # Each group is quantized on its own: its amax maps to +-127.
     w = lin.weight.detach().reshape(17, 3, 32)
     torch.testing.assert_close(grouped.weight_scale, w.abs().amax(-1) / 127, rtol=1e-6, atol=0)
-    assert (grouped.weight.reshape(17, 3, 32).abs().amax(-1) == 127).all()
+    assert (grouped.qweight.reshape(17, 3, 32).abs().amax(-1) == 127).all()
     assert Int8WeightOnlyLinear.from_float(lin, group_size=K).weight_scale.shape == (17, 1)
 
 
@@ -188,9 +188,9 @@ def test_fp8_pads_unaligned_shapes_once(k, n):
     lin = gaussian_linear(k, n)
     q = Fp8DynamicLinear.from_float(lin)
     k_pad, n_pad = -(-k // 16) * 16, -(-n // 16) * 16
-    assert q.weight.shape == (n_pad, k_pad) and q.weight_scale.shape == (n_pad, 1) and q.bias.shape == (n_pad,)
+    assert q.qweight.shape == (n_pad, k_pad) and q.weight_scale.shape == (n_pad, 1) and q.bias.shape == (n_pad,)
     assert (q.in_features, q.out_features) == (k, n)
-    assert (q.weight[n:].float() == 0).all() and (q.weight[:, k:].float() == 0).all()
+    assert (q.qweight[n:].float() == 0).all() and (q.qweight[:, k:].float() == 0).all()
     x = torch.randn(5, 3, k)
     got = q(x)
     assert got.shape == (5, 3, n)
@@ -272,24 +272,50 @@ def test_half_layers_convert_and_float64_is_refused():
     for dtype in (torch.float16, torch.bfloat16):
         lin = gaussian_linear(64, 32).to(dtype)
         q = Int8DynamicLinear.from_float(lin)
-        assert q.weight.dtype == torch.int8 and q.weight_scale.dtype == torch.float32
+        assert q.qweight.dtype == torch.int8 and q.weight_scale.dtype == torch.float32
         x = torch.randn(4, 64)
         assert sqnr_db(lin.float()(x).detach(), q(x)) >= MIN_SQNR["int8_dynamic"]
 
 
-def test_to_dtype_keeps_quantized_buffers():
+def test_to_dtype_keeps_the_format_and_sets_the_compute_dtype():
     model = nn.Sequential(gaussian_linear(64, 32), nn.ReLU(), gaussian_linear(32, 16))
     fp8 = slimops.convert(copy.deepcopy(model), slimops.Fp8DynamicConfig()).to(torch.bfloat16)
-    assert fp8[0].weight.dtype == torch.float8_e4m3fn and fp8[0].weight_scale.dtype == torch.float32
-    assert fp8[0].bias.dtype == torch.bfloat16
+    assert fp8[0].qweight.dtype == torch.float8_e4m3fn and fp8[0].weight_scale.dtype == torch.float32
+    assert fp8[0].bias.dtype == torch.float32  # added in the kernels' fp32 epilogue
+    assert fp8[0].weight.dtype == torch.bfloat16  # what model code casts its inputs to
     static = slimops.prepare(copy.deepcopy(model), slimops.Int8StaticConfig())
     static(torch.randn(8, 64))
     static = slimops.convert(static, slimops.Int8StaticConfig()).half()
-    assert static[0].input_scale.dtype == torch.float32 and static[0].weight.dtype == torch.int8
-    for q in (fp8, static):
+    assert static[0].input_scale.dtype == torch.float32 and static[0].qweight.dtype == torch.int8
+    assert static[0].weight.dtype == torch.float16
+    for q, dtype in ((fp8, torch.bfloat16), (static, torch.float16)):
         x = torch.randn(4, 64)
-        y = q(x.to(q[0].bias.dtype))
-        assert y.dtype == q[0].bias.dtype and torch.isfinite(y).all()
+        y = q(x.to(dtype))
+        assert y.dtype == dtype and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("kind", ["int8_dynamic", "int8_weight_only", "fp8_dynamic", "int8_static"])
+def test_double_computes_in_float32_and_returns_float64(kind):
+    # No kernel computes in float64: a .double() model runs its quantized layers in fp32
+    # (their quantization error dwarfs fp32 rounding) and keeps float64 between them.
+    model = nn.Sequential(gaussian_linear(48, 40), nn.ReLU(), gaussian_linear(40, 24))
+    config = {
+        "int8_dynamic": slimops.Int8DynamicConfig(),
+        "int8_weight_only": slimops.Int8WeightOnlyConfig(),
+        "fp8_dynamic": slimops.Fp8DynamicConfig(),
+        "int8_static": slimops.Int8StaticConfig(),
+    }[kind]
+    if kind == "int8_static":
+        slimops.prepare(model, config)
+        model(torch.randn(16, 48))
+    q = slimops.convert(model, config)
+    x = torch.randn(5, 48)
+    want = q(x)
+    q.double()
+    assert q[0].weight.dtype == torch.float64 and q[0].bias.dtype == torch.float32
+    got = q(x.double())
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want.double(), rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------- convert + configs

@@ -42,9 +42,14 @@ class ConversionSummary:
     skipped: dict[str, str] = dataclasses.field(default_factory=dict)
     # fqn -> what its conversion lost: a sparse layer converted through its dense weight.
     fallbacks: dict[str, str] = dataclasses.field(default_factory=dict)
-    # fqn -> why no config converted it, for every module holding a >= 2-D ``*weight``
-    # (Conv2d, Embedding, MultiheadAttention, ...) left as it was; slimops modules are not listed.
+    # fqn -> why no config converted it, for every module holding a >= 2-D float parameter of any
+    # name (Conv2d, Embedding, the 3-D experts of a Mixture-of-Experts layer, ...) left as it was;
+    # slimops modules are not listed.
     untouched: dict[str, str] = dataclasses.field(default_factory=dict)
+    # The fraction of the model's parameter bytes (before conversion) that stay in ``untouched``
+    # modules; ``convert`` warns when it is over half, so a mostly float model is never taken
+    # for a quantized one.
+    untouched_share: float = 0.0
 
 
 _HANDLERS: dict[type[Config], dict[type[nn.Module], Handler]] = {}
@@ -135,15 +140,49 @@ def _plan(model: nn.Module, config: Config, filter_fn: FilterFn | None, summary:
             summary.skipped[""] = "the model itself: convert a model that holds it (e.g. nn.Sequential(layer))"
             continue
         try:
-            planned.append((names, handler(module, config)))
+            new = handler(module, config)
         except Unsupported as why:
             for n in names:
                 summary.skipped[n] = str(why)
             continue
+        except Exception as e:
+            # Say which layer failed (e.g. an observer that saw no calibration data); convert puts the model back.
+            e.add_note(f"slimops.convert: while converting {names[0]!r} ({type(module).__name__}) with {type(config).__name__}")
+            raise
+        reason = next((r for n in names if (r := _fused_parent_reason(model, n, new)) is not None), None)
+        if reason is not None:
+            for n in names:
+                summary.skipped[n] = reason
+            continue
+        planned.append((names, new))
         if fallback is not None:
             for n in names:
                 summary.fallbacks[n] = fallback
     return planned, candidates > 0
+
+
+def _fused_parent_reason(model: nn.Module, fqn: str, new: nn.Module) -> str | None:
+    """Why ``new`` cannot stand at ``fqn`` because its parent computes with its weight directly, or None.
+
+    PyTorch's ``nn.TransformerEncoderLayer`` (and ``nn.TransformerEncoder``) inference fast
+    path passes ``linear1.weight`` / ``linear2.weight`` to a fused kernel, in the input's
+    dtype, and never calls the layers. A packed slimops layer turns that path off (its
+    ``weight`` is a :class:`~slimops.nn.packed.WeightSpec`, which the path refuses), so the
+    layer is called; a layer with a real weight in another dtype (``HalfLinear``) would
+    make the fused kernel fail.
+    """
+    parent_name, _, child = fqn.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if not isinstance(parent, nn.TransformerEncoderLayer) or child not in ("linear1", "linear2"):
+        return None
+    weight = getattr(new, "weight", None)
+    old = getattr(parent, child).weight
+    if isinstance(weight, torch.Tensor) and weight.dtype != old.dtype:
+        return (
+            f"nn.TransformerEncoderLayer's fused inference path multiplies by {child}.weight directly, "
+            f"in the input's dtype ({old.dtype}); {type(new).__name__}'s weight is {weight.dtype}"
+        )
+    return None
 
 
 def _swap(model: nn.Module, fqn: str, new: nn.Module) -> nn.Module:
@@ -179,24 +218,55 @@ def _is_slimops(module: nn.Module) -> bool:
 
 
 def _untouched(model: nn.Module, configs: list[Config], summary: ConversionSummary, unselected: str) -> dict[str, str]:
-    """Modules holding a >= 2-D ``*weight`` that no config converted, skipped or already made slimops."""
+    """Modules holding >= 2-D float parameters that no config converted, skipped or already made slimops.
+
+    Any parameter name counts: Mixture-of-Experts layers keep their experts as 3-D
+    ``gate_up_proj`` / ``down_proj`` parameters, not as ``nn.Linear`` weights.
+    """
     names = ", ".join(type(c).__name__ for c in configs)
     out: dict[str, str] = {}
     for fqn, module in model.named_modules():
         if fqn in summary.converted or fqn in summary.skipped or _is_slimops(module):
             continue
-        own = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
-        # Weights only: LayerNorm scales and biases are 1-D, and position tables are not "*weight".
-        if not any(name.endswith("weight") and t.dim() >= 2 for name, t in own):
+        # Matrices only: LayerNorm scales and biases are 1-D.
+        held = [(n, p) for n, p in module.named_parameters(recurse=False) if p.dim() >= 2 and p.is_floating_point()]
+        if not held:
             continue
         kind = type(module).__name__
         # No config at all (a {fqn: config} map of Nones): nothing selected it.
         handled = not configs or any(_handler_for(c, module) is not None for c in configs)
-        out[fqn] = f"{kind}: {unselected}" if handled else f"{kind}: no handler in {names}"
+        why = f"{kind}: {unselected}" if handled else f"{kind}: no handler in {names}"
+        if not all(n.endswith("weight") for n, _ in held):  # name what is not a plain weight
+            why += " (" + ", ".join(f"{n} {list(p.shape)}" for n, p in held) + ")"
+        out[fqn] = why
     return out
 
 
-def _warn(summary: ConversionSummary, selected_nothing: list[str], filtered: bool) -> None:
+def _bytes_of(model: nn.Module, fqns) -> dict[str, int]:
+    """Parameter bytes each module at ``fqns`` holds itself (a parameter shared by several counts once)."""
+    seen: set[int] = set()
+    out: dict[str, int] = {}
+    for fqn in fqns:
+        own = [p for p in model.get_submodule(fqn).parameters(recurse=False) if id(p) not in seen]
+        seen.update(id(p) for p in own)
+        out[fqn] = sum(p.numel() * p.element_size() for p in own)
+    return out
+
+
+def _param_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())  # shared parameters once
+
+
+def _warn(model: nn.Module, summary: ConversionSummary, selected_nothing: list[str], filtered: bool) -> None:
+    if summary.untouched_share > 0.5:
+        sizes = _bytes_of(model, summary.untouched)
+        biggest = sorted(sizes, key=sizes.get, reverse=True)
+        shown = ", ".join(f"{fqn} ({summary.untouched[fqn].split(':')[0]})" for fqn in biggest[:3])
+        warnings.warn(
+            f"slimops.convert: {summary.untouched_share:.0%} of the model's parameter bytes stay as they were, in "
+            f"{len(biggest)} module(s) no config converted, the largest: {shown} (see slimops_summary.untouched)",
+            stacklevel=3,
+        )
     for name in selected_nothing:
         why = " (filter_fn rejected every candidate)" if filtered else ""
         warnings.warn(f"slimops.convert: {name} selected no module{why}", stacklevel=3)
@@ -248,6 +318,7 @@ def convert(
     if isinstance(config, Mapping):
         _check_map_names(model, config)
     summary = ConversionSummary()
+    bytes_before = _param_bytes(model)
     swapped: list[tuple[str, nn.Module]] = []
     selected_nothing: list[str] = []
     try:
@@ -271,8 +342,9 @@ def convert(
                 kind = type(model.get_submodule(fqn)).__name__ if fqn else type(model).__name__
                 summary.skipped[fqn] = f"{kind}: {type(c).__name__} has no handler for it"
     summary.untouched = _untouched(model, [c for c, _ in steps], summary, unselected)
+    summary.untouched_share = sum(_bytes_of(model, summary.untouched).values()) / max(bytes_before, 1)
     model.slimops_summary = summary
-    _warn(summary, selected_nothing, filter_fn is not None)
+    _warn(model, summary, selected_nothing, filter_fn is not None)
     return model
 
 

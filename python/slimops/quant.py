@@ -70,8 +70,9 @@ class Observer(nn.Module):
         """
         if int(self.num_batches) == 0:
             raise ValueError(
-                f"{type(self).__name__} saw no data: run calibration batches through the "
-                "prepared model before slimops.convert"
+                f"{type(self).__name__} saw no data: run calibration batches through the prepared model "
+                "before slimops.convert; a layer they never reach (an unused head, an unrouted expert) "
+                "can be left out with filter_fn, or given data that reaches it"
             )
         amax = self._amax().float()
         if not torch.isfinite(amax):

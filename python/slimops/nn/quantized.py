@@ -1,11 +1,13 @@
 """Quantized replacements for ``nn.Linear``: int8 W8A8 (dynamic and static), int8 weight-only, fp8.
 
-Every module stores its weight already quantized, as buffers (int8 or
-float8_e4m3fn, with fp32 scales), so ``state_dict()`` holds the small data and
-never the float original. The forward is one call into :mod:`slimops.ops`
-(two for the static module: its activation quantization is plain torch ops),
-with no data-dependent Python, so it runs under ``torch.compile(fullgraph=True)``
-and CUDA graphs. Build them with ``from_float`` or through ``slimops.convert``.
+Every module stores its weight already quantized, as buffers (``qweight``: int8 or
+float8_e4m3fn, with fp32 ``weight_scale``), so ``state_dict()`` holds the small data and
+never the float original. ``weight`` describes the layer for model code that reads it
+(shape, compute dtype, device: see :mod:`slimops.nn.packed`); ``dequantize()`` gives the
+float weight. The forward is one call into :mod:`slimops.ops` (two for the static
+module: its activation quantization is plain torch ops), with no data-dependent Python,
+so it runs under ``torch.compile(fullgraph=True)`` and CUDA graphs. Build them with
+``from_float`` or through ``slimops.convert``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from torch import nn
 import slimops
 from slimops.conversion import Unsupported
 from slimops.nn._convertible import check_convertible_linear
-
-_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+from slimops.nn.packed import KERNEL_DTYPES, PackedLinear
+from slimops.ops.quant_mm import _int8_dense_weight, _scaled_dense_weight, linear_with_input_grad
 # cuBLAS fp8 GEMMs need K and N to be multiples of 16 (fp8_dynamic_linear checks it on every device).
 _FP8_ALIGN = 16
 
@@ -27,7 +29,7 @@ def _float_weight(linear: nn.Module) -> torch.Tensor:
     """The weight of a convertible ``nn.Linear`` in a dtype the quantizers take; raises Unsupported otherwise."""
     check_convertible_linear(linear)
     w = linear.weight.detach()
-    if w.dtype not in _KERNEL_DTYPES:  # float64, float8 weights: quantize from fp32
+    if w.dtype not in KERNEL_DTYPES:  # float64, float8 weights: quantize from fp32
         w = w.float()
     if not torch.isfinite(w).all():
         raise Unsupported("weight holds inf or NaN values")
@@ -45,27 +47,26 @@ def _check_scales(scale: torch.Tensor, what: str) -> torch.Tensor:
     return scale
 
 
-class _QuantizedLinear(nn.Module):
-    """Shared plumbing: feature counts, bias buffer, and dtype-stable buffers under ``.to(dtype)``."""
+class _QuantizedLinear(PackedLinear):
+    """Shared plumbing: feature counts, the fp32 bias buffer, the stored format, ``dequantize``.
 
-    # Buffers whose dtype is part of the format: ``model.half()`` / ``.to(torch.bfloat16)`` moves
-    # them across devices but never casts them (nn.Module would cast fp8 weights and fp32 scales).
-    _fixed_dtype_buffers: tuple[str, ...] = ("weight", "weight_scale")
+    ``weight`` is a :class:`~slimops.nn.packed.WeightSpec` (shape, compute dtype, device);
+    the quantized weight itself is the ``qweight`` buffer, with ``weight_scale``.
+    """
 
-    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None):
-        super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
+    _stored = ("qweight", "weight_scale")
+    # The format: ``model.half()`` / ``.double()`` move these across devices but never cast them
+    # (nn.Module would cast fp8 weights, fp32 scales and the bias the fp32 epilogue adds).
+    _fixed_dtype_buffers: tuple[str, ...] = ("qweight", "weight_scale", "bias")
+
+    def __init__(self, in_features: int, out_features: int, bias: torch.Tensor | None, compute_dtype: torch.dtype):
+        super().__init__(in_features, out_features, compute_dtype)
         self.register_buffer("bias", bias)  # fp32 [out_features] (padded for fp8) or None
 
-    def _apply(self, fn, recurse=True):
-        before = {n: self._buffers[n] for n in self._fixed_dtype_buffers if self._buffers.get(n) is not None}
-        super()._apply(fn, recurse)
-        for name, old in before.items():
-            new = self._buffers[name]
-            if new.dtype != old.dtype:
-                self._buffers[name] = old.to(device=new.device)
-        return self
+    def dequantize(self) -> torch.Tensor:
+        """The float ``[out_features, in_features]`` weight the layer multiplies by, in its compute dtype."""
+        w = _scaled_dense_weight(self.qweight.shape[1], self.qweight, self.weight_scale)
+        return w[: self.out_features, : self.in_features].to(self.compute_dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -76,19 +77,25 @@ class Int8DynamicLinear(_QuantizedLinear):
     per token at run time. ``y = int8_dynamic_linear(x, weight, weight_scale, bias)`` in ``x.dtype``.
     """
 
-    def __init__(self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None):
-        super().__init__(weight.shape[1], weight.shape[0], bias)
-        self.register_buffer("weight", weight)  # int8 [N, K]
+    def __init__(
+        self,
+        qweight: torch.Tensor,
+        weight_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        compute_dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__(qweight.shape[1], qweight.shape[0], bias, compute_dtype)
+        self.register_buffer("qweight", qweight)  # int8 [N, K]
         self.register_buffer("weight_scale", weight_scale)  # fp32 [N, 1]
 
     @classmethod
     def from_float(cls, linear: nn.Linear) -> Int8DynamicLinear:
         w = _float_weight(linear)
         q, scale, _ = slimops.ops.quantize_per_channel(w, 0, True)
-        return cls(q, _check_scales(scale, "weight"), _float_bias(linear))
+        return cls(q, _check_scales(scale, "weight"), _float_bias(linear), w.dtype)
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return slimops.ops.int8_dynamic_linear(input, self.weight, self.weight_scale, self.bias)
+    def _linear(self, input: torch.Tensor) -> torch.Tensor:
+        return slimops.ops.int8_dynamic_linear(input, self.qweight, self.weight_scale, self.bias)
 
 
 class Int8WeightOnlyLinear(_QuantizedLinear):
@@ -99,11 +106,16 @@ class Int8WeightOnlyLinear(_QuantizedLinear):
     """
 
     def __init__(
-        self, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None, group_size: int | None
+        self,
+        qweight: torch.Tensor,
+        weight_scale: torch.Tensor,
+        bias: torch.Tensor | None,
+        group_size: int | None,
+        compute_dtype: torch.dtype = torch.float32,
     ):
-        super().__init__(weight.shape[1], weight.shape[0], bias)
+        super().__init__(qweight.shape[1], qweight.shape[0], bias, compute_dtype)
         self.group_size = group_size
-        self.register_buffer("weight", weight)  # int8 [N, K]
+        self.register_buffer("qweight", qweight)  # int8 [N, K]
         self.register_buffer("weight_scale", weight_scale)  # fp32 [N, 1] or [N, K / group_size]
 
     @classmethod
@@ -126,10 +138,14 @@ class Int8WeightOnlyLinear(_QuantizedLinear):
             # Each group is a row of the [N * K / gs, gs] view: per-token quantization does it.
             q, scale = slimops.ops.quantize_per_token(w.reshape(-1, group_size))
             q, scale = q.reshape(n, k), scale.reshape(n, k // group_size)
-        return cls(q, _check_scales(scale, "weight"), _float_bias(linear), group_size)
+        return cls(q, _check_scales(scale, "weight"), _float_bias(linear), group_size, w.dtype)
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return slimops.ops.weight_int8_linear(input, self.weight, self.weight_scale, self.bias)
+    def dequantize(self) -> torch.Tensor:
+        return _int8_dense_weight(self.in_features, self.qweight, self.weight_scale).to(self.compute_dtype)
+
+    def _linear(self, input: torch.Tensor) -> torch.Tensor:
+        # W8A16 computes in the input's dtype: a float64 input runs in float32 (see PackedLinear).
+        return slimops.ops.weight_int8_linear(input, self.qweight, self.weight_scale, self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, group_size={self.group_size}"
@@ -153,17 +169,18 @@ class Fp8DynamicLinear(_QuantizedLinear):
 
     def __init__(
         self,
-        weight: torch.Tensor,
+        qweight: torch.Tensor,
         weight_scale: torch.Tensor,
         bias: torch.Tensor | None,
         in_features: int,
         out_features: int,
+        compute_dtype: torch.dtype = torch.float32,
     ):
-        super().__init__(in_features, out_features, bias)
-        self.register_buffer("weight", weight)  # float8_e4m3fn [N_pad, K_pad]
+        super().__init__(in_features, out_features, bias, compute_dtype)
+        self.register_buffer("qweight", qweight)  # float8_e4m3fn [N_pad, K_pad]
         self.register_buffer("weight_scale", weight_scale)  # fp32 [N_pad, 1]
-        self._k_pad = weight.shape[1] - in_features
-        self._n_pad = weight.shape[0] - out_features
+        self._k_pad = qweight.shape[1] - in_features
+        self._n_pad = qweight.shape[0] - out_features
 
     @classmethod
     def from_float(cls, linear: nn.Linear) -> Fp8DynamicLinear:
@@ -176,12 +193,12 @@ class Fp8DynamicLinear(_QuantizedLinear):
             if bias is not None:
                 bias = F.pad(bias, (0, n_pad))
         q, scale = slimops.ops.quantize_fp8_per_row(w)
-        return cls(q, _check_scales(scale, "weight"), bias, k, n)
+        return cls(q, _check_scales(scale, "weight"), bias, k, n, w.dtype)
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def _linear(self, input: torch.Tensor) -> torch.Tensor:
         if self._k_pad:  # a constant of the module, not of the data
             input = F.pad(input, (0, self._k_pad))
-        out = slimops.ops.fp8_dynamic_linear(input, self.weight, self.weight_scale, self.bias)
+        out = slimops.ops.fp8_dynamic_linear(input, self.qweight, self.weight_scale, self.bias)
         return out[..., : self.out_features] if self._n_pad else out
 
 
@@ -191,19 +208,22 @@ class Int8StaticLinear(_QuantizedLinear):
 
     ``x`` is quantized as ``clamp(round_half_even(x / input_scale), -127, 127)``; values
     beyond the calibrated range saturate. A row of ``x`` holding inf or NaN comes out NaN.
+    The input gradient treats the activation rounding as identity (straight-through, as
+    the dynamic modules do): ``dx = dy @ dequantize()``.
     """
 
-    _fixed_dtype_buffers = ("weight", "weight_scale", "input_scale")
+    _fixed_dtype_buffers = ("qweight", "weight_scale", "bias", "input_scale")
 
     def __init__(
         self,
-        weight: torch.Tensor,
+        qweight: torch.Tensor,
         weight_scale: torch.Tensor,
         bias: torch.Tensor | None,
         input_scale: torch.Tensor,
+        compute_dtype: torch.dtype = torch.float32,
     ):
-        super().__init__(weight.shape[1], weight.shape[0], bias)
-        self.register_buffer("weight", weight)  # int8 [N, K]
+        super().__init__(qweight.shape[1], qweight.shape[0], bias, compute_dtype)
+        self.register_buffer("qweight", qweight)  # int8 [N, K]
         self.register_buffer("weight_scale", weight_scale)  # fp32 [N, 1]
         self.register_buffer("input_scale", input_scale)  # fp32 [] (per tensor)
 
@@ -218,20 +238,32 @@ class Int8StaticLinear(_QuantizedLinear):
         if not (torch.isfinite(s) and s > 0):
             raise ValueError(f"Int8StaticLinear: input_scale must be positive and finite, got {s.item()}")
         q, scale, _ = slimops.ops.quantize_per_channel(w, 0, True)
-        return cls(q, _check_scales(scale, "weight"), _float_bias(linear), s)
+        return cls(q, _check_scales(scale, "weight"), _float_bias(linear), s, w.dtype)
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        x2 = input.reshape(-1, self.in_features)
-        # A row holding inf/NaN gets q = 0 and scale inf, so it comes out NaN, as in quantize_per_token.
-        bad = ~torch.isfinite(x2).all(dim=-1, keepdim=True)
-        v = torch.round(x2.float() / self.input_scale)  # torch.round: half to even
-        q = torch.where(bad, 0.0, v).clamp(-127, 127).to(torch.int8)
-        a_scale = torch.where(bad, float("inf"), self.input_scale)
-        out = slimops.ops.int8_mm(q, self.weight, a_scale, self.weight_scale, self.bias, input.dtype)
-        return out.reshape(*input.shape[:-1], self.out_features)
+    def _linear(self, input: torch.Tensor) -> torch.Tensor:
+        return linear_with_input_grad(
+            _int8_static_linear, _static_dense_weight, input, (self.qweight, self.weight_scale, self.input_scale), self.bias
+        )
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, input_scale={self.input_scale.item():.6g}"
+
+
+def _int8_static_linear(
+    x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor, input_scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    x2 = x.reshape(-1, x.shape[-1])
+    # A row holding inf/NaN gets q = 0 and scale inf, so it comes out NaN, as in quantize_per_token.
+    bad = ~torch.isfinite(x2).all(dim=-1, keepdim=True)
+    v = torch.round(x2.float() / input_scale)  # torch.round: half to even
+    q = torch.where(bad, 0.0, v).clamp(-127, 127).to(torch.int8)
+    a_scale = torch.where(bad, float("inf"), input_scale)
+    out = slimops.ops.int8_mm(q, qweight, a_scale, weight_scale, bias, x.dtype)
+    return out.reshape(*x.shape[:-1], qweight.shape[0])
+
+
+def _static_dense_weight(k: int, qweight: torch.Tensor, weight_scale: torch.Tensor, input_scale: torch.Tensor):
+    return _scaled_dense_weight(k, qweight, weight_scale)  # the activation scale does not enter dx
 
 
 class ObservedLinear(nn.Module):
