@@ -60,7 +60,8 @@ class LayerPlan:
 
     ``shape`` is ``(M, K, N)``: M rows (every leading dimension of the recorded
     input), K input and N output features. It is None, with ``note`` saying why,
-    when the layer could not be measured (then it stays dense).
+    when the layer could not be measured (then it stays dense). ``note`` also says why
+    a layer whose chosen config breaks the model's forward was kept dense.
     """
 
     fqn: str
@@ -350,6 +351,7 @@ def plan(
                 layer.chosen = _choose(layer, max_error_db)
                 result.layers[fqn] = layer
                 result.configs[fqn] = result.candidates[layer.chosen]
+        _keep_what_runs(model, result, args, kwargs)
 
     if eval_fn is not None:
         # eval_fn usually calls .eval() or .train(): the model goes back as it came.
@@ -357,6 +359,42 @@ def plan(
             result.metric_before = _metric(eval_fn(model), "original model")
         result.metric_after = _metric(eval_fn(convert(copy.deepcopy(model), result)), "planned model")
     return result
+
+
+def _keep_what_runs(model: nn.Module, result: Plan, args: tuple, kwargs: dict) -> None:
+    """Keep dense every layer whose chosen config breaks the model's own forward.
+
+    Layers are measured alone; model code around them can still fail on the converted
+    model (it reads ``layer.weight.data``, say). The planned model is run once on the
+    example inputs; if it fails, each converted layer is tried alone and those that fail
+    stay dense, with the error in their ``note``.
+    """
+
+    def failure(configs: Mapping[str, Config | None]) -> str | None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # what convert warns about is in the plan already
+                convert(copy.deepcopy(model), configs)(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 (any failure of the user's forward counts)
+            return _measure.describe_error(e)
+        return None
+
+    chosen = {fqn: c for fqn, c in result.configs.items() if c is not None}
+    if not chosen or failure(result.configs) is None:
+        return
+    for fqn, config in chosen.items():
+        why = failure({fqn: config})
+        if why is not None:
+            layer = result.layers[fqn]
+            layer.note = f"{layer.chosen} breaks the model's forward ({why}): kept dense"
+            layer.chosen, result.configs[fqn] = DENSE, None
+    why = failure(result.configs)
+    if why is not None:  # only layers together break it: plan nothing rather than a broken model
+        for fqn in chosen:
+            layer = result.layers[fqn]
+            layer.note = f"the planned layers together break the model's forward ({why}): kept dense"
+            layer.chosen, result.configs[fqn] = DENSE, None
+        warnings.warn(f"slimops.plan: the planned model fails to run ({why}); every layer is kept dense", stacklevel=3)
 
 
 # ---------------------------------------------------------------- layers

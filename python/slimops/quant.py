@@ -57,8 +57,10 @@ class Observer(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() > 0:
-            self._observe(x.detach().float())
+        # nn.TransformerEncoder packs a padded batch into a nested tensor: observe its real tokens.
+        v = torch.cat([t.reshape(-1) for t in x.unbind()]) if x.is_nested else x
+        if v.numel() > 0:
+            self._observe(v.detach().float())
             self.num_batches += 1
         return x
 

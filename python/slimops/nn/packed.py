@@ -65,7 +65,10 @@ class WeightSpec:
         )
 
     def __getattr__(self, name: str):
-        # Only reached for names the spec does not have (.data, .float(), .t(), ...).
+        # Only reached for names the spec does not have (.data, .float(), .t(), ...). Dunders and
+        # unset slots (copy, pickle and torch.compile probe them on a half-built object) fail plainly.
+        if name.startswith("__") or name in WeightSpec.__slots__:
+            raise AttributeError(name)
         raise AttributeError(f"{name!r} is not available: {self._explain()}")
 
     @classmethod

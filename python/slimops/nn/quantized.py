@@ -272,6 +272,10 @@ class ObservedLinear(nn.Module):
     Made by :func:`slimops.prepare`; ``slimops.convert`` freezes it into
     :class:`Int8StaticLinear`. It shares the original layer's parameters, so the
     ``weight``/``bias`` keys of ``state_dict`` are unchanged.
+
+    NOTE: the observer runs as a forward pre-hook, not inside ``forward``: PyTorch's
+    ``nn.TransformerEncoderLayer`` inference fast path reads ``linear1.weight`` and never
+    calls the layer, unless a module in it has hooks. So calibration sees those layers too.
     """
 
     def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None, observer: nn.Module):
@@ -279,6 +283,7 @@ class ObservedLinear(nn.Module):
         self.weight = weight
         self.bias = bias
         self.observer = observer
+        self.register_forward_pre_hook(_observe_input, with_kwargs=True)
 
     @property
     def in_features(self) -> int:
@@ -294,8 +299,11 @@ class ObservedLinear(nn.Module):
         return cls(linear.weight, linear.bias, observer.to(linear.weight.device))
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        self.observer(input)
         return F.linear(input, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def _observe_input(module: ObservedLinear, args: tuple, kwargs: dict) -> None:
+    module.observer(args[0] if args else kwargs["input"])
