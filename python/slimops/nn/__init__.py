@@ -2,9 +2,12 @@
 
 Each ``forward`` takes ``input``, the name ``nn.Linear`` and ``nn.Conv2d`` use, so
 model code that calls a layer by keyword (``self.proj(input=h)``) keeps working.
+The quantized and packed sparse modules answer ``weight`` with a :class:`WeightSpec`
+(shape, compute dtype, device), so model code that reads it keeps working too.
 """
 
 from slimops.nn.half_linear import HalfLinear
+from slimops.nn.packed import WeightSpec
 from slimops.nn.quantized import (
     Fp8DynamicLinear,
     Int8DynamicLinear,
@@ -25,4 +28,5 @@ __all__ = [
     "MaskedLinear",
     "ObservedLinear",
     "Sparse24Linear",
+    "WeightSpec",
 ]

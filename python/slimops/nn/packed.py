@@ -26,19 +26,26 @@ class WeightSpec:
 
     ``dtype`` is the float dtype the layer was converted from (changed by
     ``module.to(dtype)``, ``.half()``, ...): the dtype model code should give it
-    inputs in. ``stored`` names the buffers that hold the weight; ``module.dequantize()`` (quantized)
-    or ``module.to_dense()`` (sparse) give the float weight.
+    inputs in. ``stored`` names the buffers that hold the weight, ``dense`` the module's method
+    that gives it as a float tensor (``dequantize`` or ``to_dense``).
     """
 
-    __slots__ = ("shape", "dtype", "device", "owner", "stored")
+    __slots__ = ("shape", "dtype", "device", "owner", "stored", "dense")
     requires_grad = False
     is_sparse = False
     layout = torch.strided
 
     def __init__(
-        self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, owner: str, stored: tuple[str, ...]
+        self,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        device: torch.device,
+        owner: str,
+        stored: tuple[str, ...],
+        dense: str,
     ):
-        self.shape, self.dtype, self.device, self.owner, self.stored = torch.Size(shape), dtype, device, owner, stored
+        self.shape, self.dtype, self.device = torch.Size(shape), dtype, device
+        self.owner, self.stored, self.dense = owner, stored, dense
 
     @property
     def ndim(self) -> int:
@@ -61,7 +68,7 @@ class WeightSpec:
         return (
             f"{self.owner}.weight describes the layer (shape {list(self.shape)}, dtype {self.dtype}, "
             f"device {self.device}) and holds no values: the weights are stored in {' + '.join(self.stored)}. "
-            f"Call the layer, or get a float weight with {self.owner}.{_DENSE_METHOD.get(self.owner, 'dequantize')}()"
+            f"Call the layer, or get a float weight with {self.owner}.{self.dense}()"
         )
 
     def __getattr__(self, name: str):
@@ -81,15 +88,11 @@ class WeightSpec:
         return f"WeightSpec(shape={list(self.shape)}, dtype={self.dtype}, device={self.device}, stored in {' + '.join(self.stored)})"
 
 
-# Which method gives a packed module's dense float weight (named in WeightSpec's errors).
-_DENSE_METHOD = {"BlockSparseLinear": "to_dense", "Sparse24Linear": "to_dense"}
-
-
 class PackedLinear(nn.Module):
     """Base of the modules whose weight is stored in a format other than a dense float tensor.
 
     Subclasses set ``_stored`` (the buffers that hold the weight; the first one's device is
-    the layer's),
+    the layer's), ``_dense_method`` (the method that gives the float weight),
     ``_fixed_dtype_buffers`` (buffers whose dtype is the format: module casts move them
     across devices but never change their dtype) and ``_float_buffers`` (float weights
     that follow casts among the kernel dtypes, as ``nn.Linear``'s do), and implement
@@ -103,6 +106,7 @@ class PackedLinear(nn.Module):
     """
 
     _stored: tuple[str, ...] = ()
+    _dense_method: str = "dequantize"  # the method that gives the float weight
     _fixed_dtype_buffers: tuple[str, ...] = ()
     _float_buffers: tuple[str, ...] = ()
 
@@ -115,7 +119,14 @@ class PackedLinear(nn.Module):
     @property
     def weight(self) -> WeightSpec:
         device = self._buffers[self._stored[0]].device
-        return WeightSpec((self.out_features, self.in_features), self.compute_dtype, device, type(self).__name__, self._stored)
+        return WeightSpec(
+            (self.out_features, self.in_features),
+            self.compute_dtype,
+            device,
+            type(self).__name__,
+            self._stored,
+            self._dense_method,
+        )
 
     def _kernel_dtype(self) -> torch.dtype:
         """The dtype a float64 input is computed in."""
