@@ -189,3 +189,35 @@ def test_tiny_case_on_gpu():
             assert r["median_us"] > 0 and r["frac_of_copy_bw"] > 0 and r["device_name"] == torch.cuda.get_device_name()
         else:
             assert r["reason"]
+
+
+def test_cli_bench_json_path_is_checked_before_anything_runs(tmp_path, monkeypatch, capsys):
+    """--json into folders that do not exist yet: they are created (not a traceback after the first case);
+    a path that cannot be written is refused with exit 2 before any case runs."""
+    import slimops.bench.harness as harness
+
+    real_run_suite = harness.run_suite
+    ran = []
+
+    def one_tiny_case(suite, device, *, quick, providers, on_case_done):
+        ran.append(suite.name)
+        case = per_token_case(3, 17, torch.float32)
+        rows = real_run_suite(suite, "cpu", cases=[case], providers=["torch-eager"], **FAST)
+        on_case_done(rows)
+        return rows
+
+    monkeypatch.setattr(harness, "run_suite", one_tiny_case)
+    path = tmp_path / "results" / "today" / "bench.json"
+    assert main(["bench", "--suite", "quantize", "--device", "cpu", "--json", str(path)]) == 0
+    assert ran == ["quantize"]
+    doc = json.loads(path.read_text())
+    assert [r["provider"] for r in doc["rows"]] == ["torch-eager"] and doc["rows"][0]["status"] == "ok"
+
+    ran.clear()
+    capsys.readouterr()
+    (tmp_path / "a_file").write_text("")
+    bad_paths = {tmp_path / "results": "is a folder", tmp_path / "a_file" / "bench.json": "cannot create its folder"}
+    for bad, why in bad_paths.items():
+        assert main(["bench", "--suite", "quantize", "--device", "cpu", "--json", str(bad)]) == 2
+        assert f"slimops bench: --json {bad}: {why}" in capsys.readouterr().err
+    assert ran == [], "nothing ran"

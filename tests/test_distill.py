@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import warnings
+from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -115,6 +117,149 @@ def test_distiller():
         Distiller(teacher, student, alpha=2)
     with pytest.raises(TypeError, match="teacher must be an nn.Module"):
         Distiller(lambda x: x, student)
+
+
+def reference_kd_masked(s, t, temperature, alpha, labels=None):
+    """float64, row by row: the teacher's distribution over its finite logits only; masked classes
+    (teacher -inf) do not appear in the KL at all."""
+    s, t = s.double().reshape(-1, s.shape[-1]), t.double().reshape(-1, t.shape[-1])
+    log_q = torch.log_softmax(s / temperature, -1)
+    rows = []
+    for i in range(t.shape[0]):
+        kept = torch.isfinite(t[i]).nonzero().flatten()
+        p = torch.softmax(t[i, kept] / temperature, -1)
+        rows.append((p * (p.log() - log_q[i, kept])).sum())
+    out = alpha * temperature**2 * torch.stack(rows).mean()
+    if labels is not None:
+        out = out + (1 - alpha) * -torch.log_softmax(s, -1).gather(-1, labels.reshape(-1, 1)).mean()
+    return out
+
+
+@pytest.mark.parametrize("student_masked", [False, True], ids=["student-finite", "student-masked-too"])
+def test_kd_loss_masked_teacher_logits(student_masked):
+    """A -inf teacher logit (vocabulary masking) is probability 0: it adds 0 to the KL, and so does a
+    student -inf at the same place (0 * log 0 = 0), for the loss and for its gradient."""
+    shape, temperature, alpha = (3, 5, 11), 2.5, 0.7
+    s = torch.randn(*shape, generator=_gen(20))
+    t = torch.randn(*shape, generator=_gen(21)) * 3
+    masked = torch.rand(*shape, generator=_gen(22)) < 0.4
+    masked[..., 3] = False  # every row keeps a class (the label's)
+    t = t.masked_fill(masked, float("-inf"))
+    if student_masked:
+        s = s.masked_fill(masked, float("-inf"))
+    labels = torch.full(shape[:-1], 3)
+    s.requires_grad_(True)
+    got = kd_loss(s, t, temperature, alpha, labels)
+    got.backward()
+    s64 = s.detach().double().requires_grad_(True)
+    want = reference_kd_masked(s64, t, temperature, alpha, labels)
+    want.backward()
+    assert torch.isfinite(got) and torch.isfinite(s.grad).all()
+    torch.testing.assert_close(got.double(), want.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(s.grad.double(), s64.grad, rtol=1e-4, atol=1e-7)
+    # Without labels (the KD term alone) and with a half-precision teacher: the same masking.
+    torch.testing.assert_close(
+        kd_loss(s.detach(), t.half(), temperature, 1.0).double(),
+        reference_kd_masked(s.detach(), t.half(), temperature, 1.0), rtol=1e-5, atol=1e-6,
+    )
+
+
+def test_kd_loss_student_minus_inf_where_the_teacher_is_not_is_inf():
+    s = torch.randn(4, 6, generator=_gen(23))
+    t = torch.randn(4, 6, generator=_gen(24))
+    s[1, 2] = float("-inf")  # the teacher gives it probability > 0: the student says impossible
+    assert kd_loss(s, t, 2.0, 1.0).item() == float("inf")
+
+
+@pytest.mark.parametrize(
+    "temperature,alpha",
+    [
+        (np.float32(2.5), np.float32(0.25)),
+        (np.float64(2.5), np.float16(0.25)),
+        (np.int64(3), 0.25),
+        (torch.tensor(2.5), torch.tensor(0.25, dtype=torch.float64)),
+        (torch.tensor(3), 0.25),  # an integer 0-d tensor
+        (Fraction(5, 2), Fraction(1, 4)),
+    ],
+    ids=["np.float32", "np.float64+np.float16", "np.int64", "0-d tensors", "0-d int tensor", "Fraction"],
+)
+def test_kd_loss_and_distiller_take_any_real_number(temperature, alpha):
+    s = torch.randn(7, 9, generator=_gen(25))
+    t = torch.randn(7, 9, generator=_gen(26))
+    y = torch.randint(9, (7,), generator=_gen(27))
+    want = reference_kd(s, t, float(temperature), float(alpha), y)
+    torch.testing.assert_close(kd_loss(s, t, temperature, alpha, y).double(), want, rtol=1e-5, atol=1e-6)
+    d = Distiller(nn.Linear(9, 9), nn.Linear(9, 9), temperature=temperature, alpha=alpha)
+    assert (d.temperature, d.alpha) == (float(temperature), float(alpha))
+    assert type(d.temperature) is float and type(d.alpha) is float
+
+
+def test_kd_loss_refuses_other_hyperparameter_types():
+    s, t = torch.randn(4, 3, generator=_gen(28)), torch.randn(4, 3, generator=_gen(29))
+    bad = {
+        "1-element 1-d tensor": (torch.tensor([2.0]), "got a torch.float32 tensor of shape \\(1,\\)"),
+        "bool tensor": (torch.tensor(True), "got a torch.bool tensor"),
+        "complex": (np.complex64(2), "got complex64"),
+        "np.bool_": (np.bool_(True), "got bool"),
+        "grad": (torch.tensor(2.0, requires_grad=True), "is read as a constant"),
+        "huge int": (10**400, "positive finite"),
+    }
+    for name, (value, match) in bad.items():
+        with pytest.raises(ValueError, match="kd_loss: temperature .*" + match):
+            kd_loss(s, t, value, 0.5)
+        with pytest.raises(ValueError, match="Distiller: alpha"):
+            Distiller(nn.Linear(3, 3), nn.Linear(3, 3), 2.0, value)
+
+
+def test_kd_loss_refuses_no_positions():
+    with pytest.raises(ValueError, match="student_logits has no position to average over \\(shape \\(0, 5\\)\\)"):
+        kd_loss(torch.randn(0, 5), torch.randn(0, 5), 2.0, 1.0)
+
+
+def test_distiller_refuses_trainable_parameters_shared_with_the_student():
+    """A student built from the teacher's layers: freezing the teacher would freeze them in the student."""
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(7, 13), nn.ReLU(), nn.Linear(13, 5))
+    student = nn.Sequential(teacher[0], nn.ReLU(), nn.Linear(13, 5))  # no deepcopy
+    with pytest.raises(ValueError, match=r"shares 2 trainable parameter\(s\) with the student "
+                       r"\(teacher\.0\.weight = student\.0\.weight, teacher\.0\.bias = student\.0\.bias\).*deepcopy"):
+        Distiller(teacher, student)
+    assert all(p.requires_grad for p in student.parameters()), "nothing was frozen"
+    assert teacher.training and student.training, "no mode was changed"
+    # Aliasing memory without the same Parameter object (one made from the other's .data) is sharing too.
+    student[0] = nn.Linear(7, 13)
+    student[0].weight = nn.Parameter(teacher[0].weight.data)
+    with pytest.raises(ValueError, match=r"\(teacher\.0\.weight = student\.0\.weight\)"):
+        Distiller(teacher, student)
+    # The teacher inside the student: shared too (not only `teacher is student`).
+    with pytest.raises(ValueError, match="shares 4 trainable"):
+        Distiller(teacher, nn.Sequential(teacher, nn.Linear(5, 3)))
+
+
+def test_distiller_with_frozen_shared_parameters_and_shared_modules():
+    """Frozen shared parameters are allowed and left alone; a shared module is in eval mode only while
+    the teacher runs, so the student's own dropout keeps working."""
+    torch.manual_seed(0)
+    embed = nn.Linear(7, 13).requires_grad_(False)  # e.g. one frozen embedding table for both
+    drop = nn.Dropout(0.5)
+    teacher = nn.Sequential(embed, drop, nn.ReLU(), nn.Linear(13, 5))
+    student = nn.Sequential(embed, drop, nn.Linear(13, 5))
+    d = Distiller(teacher, student, temperature=2.0, alpha=0.5)
+    assert not teacher[3].training and not teacher[3].weight.requires_grad, "the teacher's own layers are frozen"
+    assert student[2].weight.requires_grad and student.training and drop.training, "the student is as it was"
+    seen = []
+    drop.register_forward_pre_hook(lambda m, a: seen.append(m.training))
+    x = torch.randn(6, 7, generator=_gen(30))
+    y = torch.randint(5, (6,), generator=_gen(31))
+    teacher_before = teacher.eval()(x)
+    teacher.train()
+    seen.clear()
+    opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(3):
+        d.step(opt, x, y)
+    assert seen == [False, True] * 3, "teacher forward in eval, student forward in its own (training) mode"
+    assert drop.training and student.training and not teacher[3].training
+    torch.testing.assert_close(teacher.eval()(x), teacher_before, rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------- recovery on digits

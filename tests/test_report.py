@@ -8,12 +8,13 @@ import json
 import math
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import slimops
-from slimops.nn import BlockSparseLinear, HalfLinear, MaskedLinear, Sparse24Linear
+from slimops.nn import BlockSparseLinear, HalfLinear, MaskedConv2d, MaskedLinear, Sparse24Linear
 from slimops.prune.channels import remove_channels
 from slimops.report import CompressionReport, LayerReport, report, tensor_bytes
 
@@ -75,7 +76,7 @@ def test_int8_sparsity_counts_zeros_of_the_int8_weight():
         model.up.weight[:40] = 0  # 40 whole rows: they quantize to 0 whatever the scale
     conv = converted(model, slimops.Int8DynamicConfig())
     # Gaussian rows quantize to a few zeros too (|w| < scale / 2): count them from the int8 weight.
-    q = conv.up.weight
+    q = conv.up.qweight
     assert q.dtype == torch.int8
     r = report(model, conv, inputs(), **FAST)
     assert r["up"].sparsity == (q == 0).sum().item() / q.numel()
@@ -130,6 +131,67 @@ def test_masked_linear_sparsity_and_bytes():
     assert up.bytes_after == (H * K + H) * 4 + H * K * 1  # weight, bias, bool mask
     assert 0 < up.sqnr_db < math.inf
     assert r["down"].sqnr_db == math.inf
+
+
+def test_masked_conv2d_sparsity_counts_the_mask():
+    """The forward uses where(M, W, 0): a weight left non-zero under the mask (momentum from before the
+    pruning) is still a zero of the layer, as for MaskedLinear."""
+    g = torch.Generator().manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 7, 3), nn.ReLU()).eval()
+    conv = copy.deepcopy(model)
+    mask = torch.rand(7, 3, 3, 3, generator=g) >= 0.4
+    conv[0] = MaskedConv2d.from_float(conv[0], mask)
+    with torch.no_grad():
+        conv[0].weight[~mask] = torch.randn(int((~mask).sum()), generator=g) + 3  # no exact zero
+    r = report(model, conv, torch.randn(2, 3, 9, 11, generator=g), **FAST)
+    assert r["0"].type_after == "MaskedConv2d"
+    assert r["0"].sparsity == pytest.approx((~mask).sum().item() / mask.numel(), abs=1e-12)
+
+
+@pytest.mark.parametrize("config", [
+    slimops.Int8DynamicConfig(), slimops.Int8WeightOnlyConfig(group_size=None), slimops.Fp8DynamicConfig(),
+], ids=["int8_dynamic", "int8_weight_only", "fp8_dynamic"])
+def test_quantized_sparsity_reads_the_stored_weight_not_weight(config):
+    """A quantized layer's ``weight`` describes it (shape, dtype, device) and holds no values: the sparsity
+    is that of ``qweight``, the real [N, K] part of it for fp8 (padded to multiples of 16)."""
+    model = make_mlp()
+    with torch.no_grad():
+        model.up.weight[:31] = 0  # whole rows: zero in every format
+    conv = converted(model, config)
+    assert not isinstance(conv.up.weight, torch.Tensor)
+    q = conv.up.qweight[:H, :K].float()
+    assert (q == 0).sum() >= 31 * K
+    r = report(model, conv, inputs(), **FAST)
+    assert r["up"].sparsity == pytest.approx((q == 0).sum().item() / (H * K), abs=1e-12)
+    q = conv.down.qweight[:N, :H].float()
+    assert r["down"].sparsity == pytest.approx((q == 0).sum().item() / (N * H), abs=1e-12)
+
+
+def test_int8_static_sparsity_reads_the_stored_weight():
+    model = make_mlp()
+    with torch.no_grad():
+        model.down.weight[:2] = 0
+    conv = copy.deepcopy(model)
+    slimops.prepare(conv, slimops.Int8StaticConfig())
+    conv(inputs())
+    slimops.convert(conv, slimops.Int8StaticConfig())
+    r = report(model, conv, inputs(), **FAST)
+    assert r["down"].type_after == "Int8StaticLinear"
+    assert r["down"].sparsity == pytest.approx((conv.down.qweight == 0).sum().item() / (N * H), abs=1e-12)
+    assert r["down"].sparsity >= 2 / N
+
+
+@pytest.mark.parametrize("shape", [(0, K), (3, 0, K)], ids=["no rows", "no tokens"])
+def test_empty_inputs_have_no_sqnr(shape):
+    """An empty comparison is no evidence of an exact layer: None with a note, never inf."""
+    model = make_mlp()
+    for conv in (copy.deepcopy(model), converted(model, slimops.Int8DynamicConfig())):
+        r = report(model, conv, torch.randn(*shape), **FAST)
+        for layer in r.layers:
+            assert layer.sqnr_db is None and "empty output" in layer.note, layer
+        d = r.to_dict()
+        assert all(layer["sqnr_db"] is None for layer in d["layers"])
+        assert "inf" not in str(r)
 
 
 def test_block_sparse_sparsity_and_bytes():
@@ -371,6 +433,41 @@ def test_eval_fn_runs_on_both_models():
     assert r.metric_before["first"] == 1.0 and r.metric_after["first"] == 2.0
     r = report(model, conv, x, eval_fn=lambda m: 0.25 if m is model else torch.tensor(0.5), **FAST)
     assert (r.metric_before, r.metric_after) == (0.25, 0.5)
+    r = report(model, conv, x, eval_fn=lambda m: np.float32(0.25) if m is model else torch.tensor([[3]]), **FAST)
+    assert (r.metric_before, r.metric_after) == (0.25, 3.0)
+
+
+def test_eval_fn_returning_something_else_says_what_it_returned():
+    model = make_mlp()
+    conv = converted(model, slimops.HalfConfig(torch.float16))
+    x = inputs()
+    cases = [
+        (lambda m: m(x), r"got a torch.float32 Tensor of shape \[64, 5\] \(a metric is one number: reduce it"),
+        (lambda m: {"acc": 0.5, "logits": m(x)}, r"Tensor of shape \[64, 5\] as 'logits' of the dict it returned"),
+        (lambda m: torch.tensor(True), "got a torch.bool Tensor of shape \\[\\]"),
+        (lambda m: torch.empty(0), r"got a torch.float32 Tensor of shape \[0\]$"),
+        (lambda m: [0.5], "got list$"),
+    ]
+    for eval_fn, match in cases:
+        with pytest.raises(TypeError, match="slimops.report: eval_fn must return a number .*" + match):
+            report(model, conv, x, eval_fn=eval_fn, **FAST)
+
+
+def test_eval_fn_returning_a_hugging_face_model_output():
+    """A ModelOutput is a dict: the error names it and the field that is not a number (not "got Tensor")."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.modeling_outputs import CausalLMOutput
+
+    model = make_mlp()
+    conv = copy.deepcopy(model)
+    x = inputs()
+    with pytest.raises(TypeError, match=r"got a torch.float32 Tensor of shape \[64, 5\] as 'logits' of the "
+                       r"CausalLMOutput it returned \(a metric is one number"):
+        report(model, conv, x, eval_fn=lambda m: CausalLMOutput(logits=m(x)), **FAST)
+    # One number in it is a metric: a ModelOutput holding only the loss is read as {"loss": ...}.
+    r = report(model, conv, x, eval_fn=lambda m: CausalLMOutput(loss=m(x).pow(2).mean()), **FAST)
+    assert r.metric_before == r.metric_after == {"loss": model(x).pow(2).mean().item()}
+    assert transformers is not None
 
 
 def test_no_eval_fn_means_no_metric():

@@ -61,6 +61,18 @@ def check_counts(caller: str, *, repeats: int, warmup: int) -> None:
             raise ValueError(f"{caller}: {arg} must be >= {low}, got {value}")
 
 
+def unwrap_compiled(model: nn.Module) -> nn.Module:
+    """The model ``torch.compile`` wrapped, for a compiled model (an ``OptimizedModule``); ``model`` otherwise.
+
+    NOTE: the wrapper holds the model as its ``_orig_mod`` submodule, so every name in
+    it (``named_modules``, ``state_dict`` keys) starts with ``_orig_mod.``; hooks do not
+    run inside a compiled graph either. :func:`slimops.report` and :func:`slimops.save` /
+    :func:`slimops.load` use this one rule to see the model's own layers and names.
+    """
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
 def device_of(model: nn.Module) -> torch.device:
     """The device of ``model``'s first parameter or buffer; CPU for a model that holds none."""
     t = next(itertools.chain(model.parameters(), model.buffers()), None)
@@ -101,13 +113,19 @@ def keep_buffers(*models: nn.Module) -> Iterator[None]:
 
 
 def metric_value(v, caller: str, expected: str = "a real number", where: str = "") -> float:
-    """A value ``eval_fn`` returned, as a float: a real number (Python or NumPy) or a one-element tensor.
+    """A value ``eval_fn`` returned, as a float: a real number (Python or NumPy) or a one-element real tensor.
 
     bool is refused: a pass/fail is not a metric. ``expected`` and ``where`` complete the
-    error message (``"slimops.plan: eval_fn must return a real number, got str on the original model"``).
+    error message (``"slimops.plan: eval_fn must return a real number, got str on the original model"``),
+    which says what the value was: a tensor's shape and dtype, else its type.
     """
-    if isinstance(v, torch.Tensor) and v.numel() == 1:
-        return float(v.item())
+    if isinstance(v, torch.Tensor):
+        if v.numel() == 1 and not (v.dtype == torch.bool or v.is_complex()):
+            return float(v.item())
+        hint = " (a metric is one number: reduce it, e.g. .mean().item())" if v.numel() > 1 else ""
+        raise TypeError(
+            f"{caller}: eval_fn must return {expected}, got a {v.dtype} Tensor of shape {list(v.shape)}{where}{hint}"
+        )
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{caller}: eval_fn must return {expected}, got {type(v).__name__}{where}")
     return float(v)

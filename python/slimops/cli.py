@@ -38,7 +38,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     # From the modules, not the package: an editable install made before
     # slimops/bench/__init__.py existed maps slimops.bench as a namespace package.
-    from slimops.bench.harness import print_table, run_suite, write_json
+    from slimops.bench.harness import prepare_json_path, print_table, run_suite, write_json
     from slimops.bench.suites import load_suites
 
     suites = load_suites()
@@ -63,6 +63,13 @@ def _bench(args: argparse.Namespace) -> int:
         bad = [p for p in args.providers if p not in known]
         if bad:
             err.print(f"slimops bench: unknown provider(s) {bad}; choose from {sorted(known)}")
+            return 2
+    if args.json:
+        # Before the first case: a bad path must not cost a run (the rows are written after each case).
+        try:
+            prepare_json_path(args.json)
+        except ValueError as e:
+            err.print(f"slimops bench: {e}", markup=False, highlight=False, soft_wrap=True)
             return 2
 
     if args.threads:
@@ -110,7 +117,12 @@ def _add_bench(sub) -> None:
     p.add_argument("--suite", action="append", metavar="NAME", help="suite to run (repeatable; default: all)")
     p.add_argument("--quick", action="store_true", help="a few small real shapes and shorter timing")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when visible, else cpu")
-    p.add_argument("--json", metavar="PATH", help="write the rows as JSON to PATH")
+    p.add_argument(
+        "--json",
+        metavar="PATH",
+        help="write the rows as JSON to PATH, rewritten after each case; missing folders are created, "
+        "and a PATH that cannot be written is refused before anything runs",
+    )
     p.add_argument(
         "--providers", nargs="+", metavar="NAME", help="only these providers (the baseline is always run)"
     )

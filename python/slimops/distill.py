@@ -9,21 +9,49 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import numbers
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+def _real_number(value, arg: str, who: str, expected: str) -> float:
+    """``value`` as a float: a real number (int, float, NumPy scalar, ``Fraction``) or a 0-d real tensor.
+
+    bool is refused (``temperature=True`` is a mistake, not 1), and so is a tensor that
+    requires grad: it is read as a constant, so a learnable temperature would silently get no gradient.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 0 or value.dtype == torch.bool or value.is_complex():
+            raise ValueError(
+                f"{who}: {arg} must be {expected}, got a {value.dtype} tensor of shape {tuple(value.shape)} "
+                "(a tensor is accepted only 0-d and real)"
+            )
+        if value.requires_grad:
+            raise ValueError(f"{who}: {arg} is read as a constant and gets no gradient: pass it detached (or a float)")
+        value = value.item()
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{who}: {arg} must be {expected}, got {type(value).__name__} {value!r}")
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond float's range (then out of every accepted range too)
+        return math.inf if value > 0 else -math.inf
+
+
 def _check_temperature_alpha(temperature, alpha, who: str) -> tuple[float, float]:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-        math.isfinite(temperature) and temperature > 0
-    ):
-        raise ValueError(f"{who}: temperature must be a positive finite number, got {temperature!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-        raise ValueError(f"{who}: alpha must be a number in [0, 1], got {alpha!r}")
-    return float(temperature), float(alpha)
+    expected = "a positive finite number"
+    t = _real_number(temperature, "temperature", who, expected)
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"{who}: temperature must be {expected}, got {temperature!r}")
+    expected = "a number in [0, 1]"
+    a = _real_number(alpha, "alpha", who, expected)
+    if not 0 <= a <= 1:
+        raise ValueError(f"{who}: alpha must be {expected}, got {alpha!r}")
+    return t, a
 
 
 def kd_loss(
@@ -41,11 +69,18 @@ def kd_loss(
     ``[..., C]`` are flattened to ``[-1, C]`` (labels to ``[-1]``; label -100 is
     ignored by the CE term, as in ``F.cross_entropy``). The teacher gets no gradient.
 
+    Masked classes: a class the teacher gives probability exactly 0 (a ``-inf``
+    logit, e.g. vocabulary masking) adds 0 to the KL (``0 * log 0 = 0``), whatever
+    the student's logit there, ``-inf`` included. A student ``-inf`` where the
+    teacher's probability is positive makes the loss ``inf``; a row of the teacher
+    with no finite logit has no distribution and makes it NaN.
+
     Args:
-        student_logits: float ``[..., C]``.
+        student_logits: float ``[..., C]``, at least one position.
         teacher_logits: float, the same shape.
-        temperature: ``T > 0``; softens both distributions.
-        alpha: weight of the KD term, in [0, 1].
+        temperature: ``T > 0``: a real number (int, float, NumPy scalar) or a 0-d
+            tensor that needs no gradient; softens both distributions.
+        alpha: weight of the KD term, in [0, 1] (the same types as ``temperature``).
         labels: int64 ``[...]`` class indices, or None.
 
     Returns:
@@ -63,6 +98,11 @@ def kd_loss(
             f"kd_loss: student_logits {tuple(student_logits.shape)} and teacher_logits "
             f"{tuple(teacher_logits.shape)} must have the same shape"
         )
+    if student_logits.numel() == 0:
+        # A mean over no position is NaN, not a loss.
+        raise ValueError(
+            f"kd_loss: student_logits has no position to average over (shape {tuple(student_logits.shape)})"
+        )
     if labels is None and alpha == 0:
         raise ValueError("kd_loss: alpha=0 without labels leaves nothing to minimize")
     c = student_logits.shape[-1]
@@ -71,12 +111,13 @@ def kd_loss(
     s = s.to(acc)
     t = teacher_logits.detach().reshape(-1, c).to(acc)
     # KL(p_t || p_s), summed over classes and averaged over positions ("batchmean").
-    kd = F.kl_div(
-        F.log_softmax(s / temperature, dim=-1),
-        F.log_softmax(t / temperature, dim=-1),
-        reduction="batchmean",
-        log_target=True,
-    ) * (temperature * temperature)
+    log_p_s = F.log_softmax(s / temperature, dim=-1)
+    log_p_t = F.log_softmax(t / temperature, dim=-1)
+    p_t = log_p_t.exp()
+    # NOTE: not F.kl_div: where p_t is 0 (a -inf teacher logit) it computes 0 * (-inf - log_p_s), NaN.
+    # The where also keeps the gradient there 0 when the student's logit is -inf too.
+    kl = torch.where(p_t > 0, p_t * (log_p_t - log_p_s), torch.zeros((), dtype=acc, device=s.device))
+    kd = kl.sum(-1).mean() * (temperature * temperature)
     if labels is None:
         return alpha * kd
     if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
@@ -97,11 +138,22 @@ class Distiller:
     The teacher is put in eval mode with ``requires_grad`` off and runs under
     ``torch.no_grad``; the student is left as given (call ``student.train()``).
 
+    Teacher and student may share modules and *frozen* parameters (e.g. one
+    embedding table, ``requires_grad=False``): those are left as the student has
+    them, and a shared module is in eval mode only while the teacher runs. A
+    shared parameter that still requires grad is refused: training it would move
+    the teacher, and freezing it would freeze the student (build the student from
+    ``copy.deepcopy(teacher)``, or freeze the shared parameters first).
+
     Args:
         teacher: the reference model (e.g. the dense model before pruning).
         student: the model being trained (e.g. the pruned one).
         temperature: ``T`` of :func:`kd_loss`.
         alpha: weight of the KD term (``1 - alpha`` on the cross entropy).
+
+    Raises:
+        ValueError: ``teacher is student``, they share a parameter that requires
+            grad (the error names it in both), or temperature / alpha are out of range.
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, temperature: float = 4.0, alpha: float = 0.5):
@@ -111,13 +163,31 @@ class Distiller:
         if teacher is student:
             raise ValueError("Distiller: teacher and student must be different models")
         self.temperature, self.alpha = _check_temperature_alpha(temperature, alpha, "Distiller")
-        self.teacher = teacher.eval().requires_grad_(False)
+        _check_no_trainable_shared(teacher, student)
+        student_modules = {id(m) for m in student.modules()}
+        # Modules the student holds too: eval mode only while the teacher runs (see _teacher_mode).
+        self._shared_modules = [m for m in teacher.modules() if id(m) in student_modules]
+        self.teacher = teacher
         self.student = student
+        with self._teacher_mode():
+            pass  # leaves the teacher's own modules in eval mode, the shared ones as the student has them
+        # Every shared parameter is frozen already (checked above): this freezes only the teacher's own.
+        teacher.requires_grad_(False)
+
+    @contextlib.contextmanager
+    def _teacher_mode(self) -> Iterator[None]:
+        """The teacher in eval mode; on exit the modules it shares with the student go back to their mode."""
+        modes = [(m, m.training) for m in self._shared_modules]
+        self.teacher.eval()  # every time: a parent module's .train() may have reached it
+        try:
+            yield
+        finally:
+            for m, training in modes:
+                m.training = training
 
     def loss(self, x, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The :func:`kd_loss` of one batch (the student's forward runs with autograd)."""
-        self.teacher.eval()  # in case a parent module's .train() reached it
-        with torch.no_grad():
+        with torch.no_grad(), self._teacher_mode():
             teacher_logits = self.teacher(x)
         return kd_loss(self.student(x), teacher_logits, self.temperature, self.alpha, labels)
 
@@ -128,6 +198,38 @@ class Distiller:
         loss.backward()
         optimizer.step()
         return loss.detach()
+
+
+def _storage_key(p: torch.Tensor) -> tuple | None:
+    """What identifies ``p``'s memory: two parameters that alias it (tied, or one made from the other's
+    ``.data``) share it. None for a parameter without memory (empty, or on the meta device)."""
+    if p.device.type == "meta" or p.untyped_storage().nbytes() == 0:
+        return None
+    return (p.device, p.untyped_storage().data_ptr())
+
+
+def _check_no_trainable_shared(teacher: nn.Module, student: nn.Module) -> None:
+    """Refuse memory held by parameters of both models that the student trains, naming them in each."""
+    # memory -> (the student's first name for it, whether the student trains it)
+    in_student: dict[tuple, tuple[str, bool]] = {}
+    for name, p in student.named_parameters(remove_duplicate=False):
+        key = _storage_key(p)
+        if key is not None:
+            first, trained = in_student.get(key, (name, False))
+            in_student[key] = (first, trained or p.requires_grad)
+    shared = []
+    for name, p in teacher.named_parameters(remove_duplicate=False):
+        first, trained = in_student.get(_storage_key(p), (None, False))
+        if trained:
+            shared.append(f"teacher.{name} = student.{first}")
+    if shared:
+        shown = ", ".join(shared[:5]) + (f" and {len(shared) - 5} more" if len(shared) > 5 else "")
+        raise ValueError(
+            f"Distiller: the teacher shares {len(shared)} trainable parameter(s) with the student ({shown}): "
+            "training them would change the teacher, and freezing them would freeze the student. Build the "
+            "student from copy.deepcopy(teacher), or freeze the shared parameters (requires_grad_(False)) "
+            "if sharing them is intended"
+        )
 
 
 __all__ = ["Distiller", "kd_loss"]

@@ -36,7 +36,7 @@ class LayerReport:
     weight (None when it has no weight). ``sqnr_db`` is
     ``10 log10(sum(ref^2) / sum((ref - out)^2))`` over every call of the layer in one
     forward: ``inf`` when the outputs are identical, None when they cannot be
-    compared (``note`` says why).
+    compared or are empty (``note`` says why).
     """
 
     name: str
@@ -240,7 +240,8 @@ def report(
         example_inputs: the positional arguments of one forward as a tuple (a lone
             tensor is wrapped), or a dict of keyword arguments (``{"input_ids": ...}``).
             Every reported layer's inputs and outputs are kept in memory: keep it small.
-        eval_fn: ``eval_fn(model) -> float | dict[str, float]``, called once on each model
+        eval_fn: ``eval_fn(model) -> float | dict[str, float]`` (a one-element tensor is taken
+            as its number; anything else, e.g. a model's output, is an error), called once on each model
             (outside ``no_grad``: it sets up its own grad mode and data). A train/eval
             switch it makes is undone afterwards.
         repeats: timed forwards per model, the two models taking turns; the latency is
@@ -275,8 +276,8 @@ def report(
     # A torch.compile'd model keeps its layers under ``_orig_mod``: the layers are matched,
     # recorded and replayed there (hooks do not run inside a compiled graph); timing and
     # eval_fn use the models as given.
-    plain_original = getattr(original, "_orig_mod", original)
-    plain_converted = getattr(converted, "_orig_mod", converted)
+    plain_original = _measure.unwrap_compiled(original)
+    plain_converted = _measure.unwrap_compiled(converted)
     names = _select_layers(plain_original, plain_converted)
     conv_modules = dict(plain_converted.named_modules())
     # no_grad, not inference_mode: the recorded inputs are replayed through the converted
@@ -355,11 +356,22 @@ def weight_sparsity(module: nn.Module) -> float | None:
     """Fraction of zeros in ``module``'s effective dense weight; None if it has no weight.
 
     Packed slimops modules are read in their own format (the dense weight is only
-    built for the block-sparse one, whose packed tiles hold no position).
+    built for the block-sparse one, whose packed tiles hold no position). Their
+    ``weight`` is never read: for the quantized linears it describes the layer and
+    holds no values.
     """
-    from slimops.nn import BlockSparseLinear, Fp8DynamicLinear, MaskedLinear, Sparse24Linear
+    from slimops.nn import (
+        BlockSparseLinear,
+        Fp8DynamicLinear,
+        Int8DynamicLinear,
+        Int8StaticLinear,
+        Int8WeightOnlyLinear,
+        MaskedConv2d,
+        MaskedLinear,
+        Sparse24Linear,
+    )
 
-    if isinstance(module, MaskedLinear):
+    if isinstance(module, (MaskedLinear, MaskedConv2d)):
         # The forward uses W ⊙ M: an entry is zero if masked out or if its weight is zero.
         w = module.weight.detach()
         return _zero_fraction(torch.where(module.mask.to(w.device), w, torch.zeros((), dtype=w.dtype, device=w.device)))
@@ -370,11 +382,14 @@ def weight_sparsity(module: nn.Module) -> float | None:
         # its non-zeros are exactly those of `values`.
         nonzero = torch.count_nonzero(module.values).item()
         return 1.0 - nonzero / max(module.out_features * module.in_features, 1)
-    if isinstance(module, Fp8DynamicLinear):
-        # The stored weight is zero-padded to multiples of 16: judge only the real [N, K] part.
-        return _zero_fraction(module.weight[: module.out_features, : module.in_features].float())
+    if isinstance(module, (Int8DynamicLinear, Int8WeightOnlyLinear, Int8StaticLinear, Fp8DynamicLinear)):
+        # A zero of the stored int8 / fp8 weight is a zero of the dequantized one. The fp8 weight is
+        # zero-padded to multiples of 16 (the others are not padded): judge only the real [N, K] part.
+        q = module.qweight[: module.out_features, : module.in_features]
+        return _zero_fraction(q if q.dtype == torch.int8 else q.float())
+    # A dense float weight (nn.Linear, HalfLinear, ...). NOTE: a packed slimops layer not listed
+    # above has a ``weight`` that is no tensor (a WeightSpec): None rather than a guess.
     w = getattr(module, "weight", None)
-    # int8 modules land here too: a zero of the int8 weight is a zero of the dequantized one.
     return _zero_fraction(w) if isinstance(w, torch.Tensor) else None
 
 
@@ -413,6 +428,7 @@ def _layer_sqnr(module: nn.Module, calls: list[_measure.Call]) -> tuple[float | 
     if not calls:
         return None, "not called by the forward"
     signal = noise = 0.0
+    compared = 0  # output elements
     for call in calls:
         refs = call.outputs
         try:
@@ -432,6 +448,10 @@ def _layer_sqnr(module: nn.Module, calls: list[_measure.Call]) -> tuple[float | 
                 )
             s, n = _measure.signal_and_noise(r, o)
             signal, noise = signal + s, noise + n
+            compared += r.numel()
+    if compared == 0:
+        # NOTE: no element has no error, but that is no evidence of an exact layer: not inf.
+        return None, "empty output: nothing to compare (zero-size inputs?)"
     sqnr = _measure.sqnr_db(signal, noise)
     return sqnr, ("NaN in the outputs" if math.isnan(sqnr) else None)
 
@@ -443,9 +463,14 @@ def _describe_device(device: torch.device) -> str:
 
 
 def _metric(value) -> float | dict[str, float]:
-    expected = "a number or a dict of numbers"
+    expected = "a number (or a one-element tensor) or a dict of those"
     if isinstance(value, Mapping):
-        return {str(k): _measure.metric_value(v, "slimops.report", expected) for k, v in value.items()}
+        # NOTE: a Hugging Face ModelOutput is a Mapping too: the message names it and the offending field.
+        returned = type(value).__name__
+        return {
+            str(k): _measure.metric_value(v, "slimops.report", expected, f" as {k!r} of the {returned} it returned")
+            for k, v in value.items()
+        }
     return _measure.metric_value(value, "slimops.report", expected)
 
 

@@ -4,12 +4,27 @@ The file holds ``model.state_dict()`` (int8 / fp8 weights and fp32 scales stay
 as they are) and three metadata strings:
 
 * ``format``: ``"slimops"``;
-* ``format_version``: ``"1"``; a reader refuses versions it does not know;
-* ``modules``: JSON ``{fqn: class name}`` of every slimops module in the model.
+* ``format_version``: ``"2"``; a reader refuses versions it does not know;
+* ``modules``: JSON ``{fqn: class name}`` of every slimops module in the model
+  (a module used at several places is listed at the first).
 
 Loading needs a skeleton: the same architecture, converted with the same
 configs (its values are overwritten). The module map makes a skeleton that was
 converted differently an error instead of a silent reinterpretation of bytes.
+
+A ``torch.compile``'d model (or skeleton) is saved and loaded as the model it
+wraps: the file is the one the uncompiled model gives, without the
+``_orig_mod.`` prefix the wrapper adds to every name.
+
+Versions:
+
+* 2: the quantized linears (``Int8DynamicLinear``, ``Int8WeightOnlyLinear``,
+  ``Int8StaticLinear``, ``Fp8DynamicLinear``) store their int8 / fp8 weight as
+  ``<fqn>.qweight`` (their ``weight`` describes the layer and is not stored).
+* 1: the same, except that weight was ``<fqn>.weight``. Loading a version 1 file
+  renames exactly that key, for every fqn the file's ``modules`` map gives one of
+  those four classes (and the other places of that module in the skeleton);
+  nothing else is reinterpreted.
 """
 
 from __future__ import annotations
@@ -20,8 +35,13 @@ import os
 import torch
 from torch import nn
 
+from slimops import _measure
+
 FORMAT = "slimops"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+# Version 1 -> 2: the stored weight of these classes moved from ``<fqn>.weight`` to ``<fqn>.qweight``.
+_QWEIGHT_CLASSES_V2 = frozenset({"Int8DynamicLinear", "Int8WeightOnlyLinear", "Int8StaticLinear", "Fp8DynamicLinear"})
 
 
 def _slimops_modules(model: nn.Module) -> dict[str, str]:
@@ -57,11 +77,15 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
     """Write ``model.state_dict()`` to ``path`` (safetensors) with the slimops metadata.
 
     Args:
-        model: a model, usually after ``slimops.convert``.
+        model: a model, usually after ``slimops.convert``; a ``torch.compile``'d one is
+            saved as the model it wraps (the same file).
         path: the file to write.
     """
     from safetensors.torch import save_file
 
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"slimops.save: model must be a torch.nn.Module, got {type(model).__name__}")
+    model = _measure.unwrap_compiled(model)
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -89,9 +113,14 @@ def _read_metadata(path: str) -> dict[str, str]:
     if int(version) < 1:
         raise ValueError(f"slimops.load: {path} has an unknown format_version {version!r}")
     try:
-        json.loads(metadata.get("modules", ""))
+        modules = json.loads(metadata.get("modules", ""))
     except json.JSONDecodeError as e:
         raise ValueError(f"slimops.load: {path} has a corrupt 'modules' map ({e})") from None
+    if not isinstance(modules, dict) or not all(isinstance(v, str) for v in modules.values()):
+        raise ValueError(
+            f"slimops.load: {path} has a corrupt 'modules' map (expected a JSON object of fqn: class name, "
+            f"got {type(modules).__name__})"
+        )
     return metadata
 
 
@@ -100,6 +129,7 @@ def _check_modules(path: str, saved: dict[str, str], skeleton: nn.Module) -> Non
     order = [fqn for fqn, _ in skeleton.named_modules()] + sorted(saved.keys() - have.keys())
     for fqn in order:
         if saved.get(fqn) != have.get(fqn):
+            _refuse_compiled_names(path, saved)
             raise ValueError(
                 f"slimops.load: the skeleton does not match {path} at module {fqn!r}: the file has "
                 f"{saved.get(fqn) or 'no slimops module'}, the skeleton has {have.get(fqn) or 'no slimops module'}. "
@@ -107,10 +137,44 @@ def _check_modules(path: str, saved: dict[str, str], skeleton: nn.Module) -> Non
             )
 
 
+def _refuse_compiled_names(path: str, names) -> None:
+    """A clearer error for a file whose every name starts with ``_orig_mod.``: saved from a compiled
+    model by a slimops that did not unwrap it (loading never strips the prefix: no guessing)."""
+    names = sorted(names)
+    if names and all(n.startswith("_orig_mod.") for n in names):
+        raise ValueError(
+            f"slimops.load: every name in {path} starts with '_orig_mod.' ({names[:3]}): it was saved from a "
+            "torch.compile'd model by an older slimops that kept the wrapper's prefix. Save it again from the "
+            "model with this slimops (or strip the prefix from its keys and its 'modules' map)"
+        )
+
+
+def _migrate_v1(path: str, saved: dict[str, str], state: dict[str, torch.Tensor], skeleton: nn.Module) -> None:
+    """Version 1 -> 2 in place: ``<fqn>.weight`` -> ``<fqn>.qweight`` for the quantized linears, nothing else.
+
+    The fqns are those the file's module map gives a class of :data:`_QWEIGHT_CLASSES_V2`,
+    plus every other place of the same module in ``skeleton`` (already checked against
+    the map): the map lists a module used at several places once, the state_dict at each.
+    """
+    first = {id(m): fqn for fqn, m in skeleton.named_modules()}
+    fqns = [
+        fqn for fqn, m in skeleton.named_modules(remove_duplicate=False)
+        if saved.get(first[id(m)]) in _QWEIGHT_CLASSES_V2
+    ]  # fmt: skip
+    for fqn in fqns:
+        prefix = f"{fqn}." if fqn else ""
+        old, new = prefix + "weight", prefix + "qweight"
+        if new in state:
+            raise ValueError(f"slimops.load: {path} is format_version 1 but already has {new!r}: the file is corrupt")
+        if old in state:  # a missing one is reported by _check_tensors, by its version 2 name
+            state[new] = state.pop(old)
+
+
 def _check_tensors(path: str, file: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
     missing = [k for k in want if k not in file]
     unexpected = [k for k in file if k not in want]
     if missing or unexpected:
+        _refuse_compiled_names(path, file)
         raise ValueError(
             f"slimops.load: the skeleton's state_dict does not match {path}: "
             f"missing from the file {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
@@ -129,9 +193,14 @@ def load(path: str | os.PathLike, skeleton: nn.Module) -> nn.Module:
     """Load a file written by :func:`save` into ``skeleton`` and return it.
 
     Args:
-        path: the file.
+        path: the file (any version up to :data:`FORMAT_VERSION`; older ones are
+            migrated as the module docstring says).
         skeleton: the same architecture, converted with the same configs; its
-            tensors are overwritten in place (on their own devices).
+            tensors are overwritten in place (on their own devices). A
+            ``torch.compile``'d skeleton is loaded through the model it wraps.
+
+    Returns:
+        ``skeleton`` itself.
 
     Raises:
         ValueError: the file is not a slimops file, has a newer or unknown
@@ -140,10 +209,16 @@ def load(path: str | os.PathLike, skeleton: nn.Module) -> nn.Module:
     """
     from safetensors.torch import load_file
 
+    if not isinstance(skeleton, nn.Module):
+        raise TypeError(f"slimops.load: skeleton must be a torch.nn.Module, got {type(skeleton).__name__}")
     path = os.fspath(path)
     metadata = _read_metadata(path)
-    _check_modules(path, json.loads(metadata["modules"]), skeleton)
+    plain = _measure.unwrap_compiled(skeleton)
+    saved = json.loads(metadata["modules"])
+    _check_modules(path, saved, plain)
     state = load_file(path)
-    _check_tensors(path, state, skeleton.state_dict())
-    skeleton.load_state_dict(state, strict=True)
+    if int(metadata["format_version"]) == 1:
+        _migrate_v1(path, saved, state, plain)
+    _check_tensors(path, state, plain.state_dict())
+    plain.load_state_dict(state, strict=True)
     return skeleton

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -365,6 +366,24 @@ def run_suite(
 
 
 # ---------------------------------------------------------------- output
+
+
+def prepare_json_path(path: str) -> None:
+    """Make ``path`` writable before any case runs: create its missing parent folders.
+
+    Raises:
+        ValueError: ``path`` is a folder, a parent cannot be created, or its folder is not writable
+            (said before the first case runs, not after it).
+    """
+    if os.path.isdir(path):
+        raise ValueError(f"--json {path}: is a folder; give a file path (e.g. {os.path.join(path, 'bench.json')})")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--json {path}: cannot create its folder {folder} ({e.strerror or e})") from None
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ValueError(f"--json {path}: not writable")
 
 
 def write_json(rows: list[dict], path: str, argv: Sequence[str] | None = None) -> None:
