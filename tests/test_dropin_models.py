@@ -323,3 +323,27 @@ def test_plan_keeps_dense_the_layers_that_break_the_model(monkeypatch):
     assert p["body"] is not None and p["head"] is None
     assert "breaks the model's forward (AttributeError" in p.layers["head"].note
     slimops.convert(model, p)(torch.randn(4, 32))
+
+
+def test_plan_keeps_dense_a_layer_it_saw_only_empty_inputs_for():
+    model = nn.Sequential(nn.Linear(16, 16))
+    p = slimops.plan(model, torch.randn(0, 16), [slimops.Int8DynamicConfig()], max_error_db=float("inf"), repeats=1, warmup=0)
+    assert p["0"] is None and p.layers["0"].note.startswith("the recorded input is empty")
+    assert not p.layers["0"].results  # no "exact" (-inf dB) measurement of nothing
+
+
+@pytest.mark.parametrize("config", ["sparse_2_4", "sparse_block16"])
+def test_sparse_layers_follow_half_and_compute_double_in_their_values_dtype(config):
+    q, ref = converted("encoder_layer", config)
+    x = _hidden()
+    with torch.no_grad():
+        want = ref(x)
+        q.double()  # no kernel takes float64: the values stay fp32, float64 inputs are computed in fp32
+        layer = q.layer.linear1
+        assert layer.values.dtype == torch.float32 and layer.weight.dtype == torch.float64
+        got = q(x.double())
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, want.double(), rtol=1e-4, atol=1e-5)
+        q.half()  # the values are the float weights: they follow, as nn.Linear's do
+        assert layer.values.dtype == torch.float16 and layer.weight.dtype == torch.float16
+        assert layer.bias.dtype == torch.float16 and q.layer.norm1.weight.dtype == torch.float16

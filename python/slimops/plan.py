@@ -496,6 +496,10 @@ def _measure_layer(fqn, module, x, named, warmup, repeats, bar) -> LayerPlan:
         layer.note = "the original layer's output is not a finite tensor: kept dense"
         bar.advance(1 + len(named))
         return layer
+    if ref.numel() == 0:  # an empty output has no error to measure (it is not "exact")
+        layer.note = "the recorded input is empty: nothing to measure: kept dense"
+        bar.advance(1 + len(named))
+        return layer
     k = x.shape[-1]
     layer.shape = (x.numel() // k if k else 0, k, ref.shape[-1])
     bar.show(f"{fqn} {DENSE}")

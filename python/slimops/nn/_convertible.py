@@ -16,8 +16,17 @@ def check_convertible_linear(linear: nn.Module) -> None:
 
     Refused: weights other than float32 / float16 / bfloat16; the projections inside ``nn.MultiheadAttention``
     (it reads their weight directly, never calling them); ``nn.Linear``
-    subclasses with their own ``forward`` (its behaviour would be lost).
+    subclasses with their own ``forward`` (its behaviour would be lost); a :class:`MaskedLinear`
+    holding a Hugging Face ``Conv1D``'s weight, stored ``[in_features, out_features]`` (code that
+    reads ``.weight`` as ``[out_features, in_features]`` would build the transposed layer).
     """
+    from slimops.nn.sparse import MaskedLinear
+
+    if isinstance(linear, MaskedLinear) and linear.transposed:
+        raise Unsupported(
+            f"{type(linear).__name__} holds a Conv1D's weight, stored [in_features, out_features]: "
+            "build from its to_linear()"
+        )
     if linear.weight.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         # The kernels take these three; a float64 layer would convert, then fail at its first call.
         raise Unsupported(f"weight dtype {linear.weight.dtype}: slimops kernels take float32, float16 or bfloat16")
@@ -48,7 +57,9 @@ def linear_stand_in(module: nn.Module) -> tuple[Callable[[], nn.Linear], str | N
     device and dtype: call it only to convert), and ``fallback`` is ``None`` when that
     layer computes exactly what ``module`` does, else what converting it loses.
 
-    * Hugging Face's ``Conv1D`` (GPT-2's ``c_attn``, ``c_proj``, ``c_fc``): exact, weight transposed.
+    * Hugging Face's ``Conv1D`` (GPT-2's ``c_attn``, ``c_proj``, ``c_fc``): exact, weight
+      transposed; its weight's ``.grad``, if any, comes along transposed (gradient pruning
+      criteria read it).
     * slimops' sparse layers (:class:`MaskedLinear`, :class:`BlockSparseLinear`,
       :class:`Sparse24Linear`): their dense weight, zeros included. No slimops kernel
       fuses sparsity with another format, so the sparse speed-up is lost (a fallback).
@@ -62,7 +73,7 @@ def linear_stand_in(module: nn.Module) -> tuple[Callable[[], nn.Linear], str | N
         return None if m.bias is None else m.bias.detach()
 
     if _is_hf_conv1d(module):
-        return (lambda: dense_linear(module.weight.detach().t(), bias_of(module))), None
+        return (lambda: _conv1d_as_linear(module)), None
     lost = (
         f"{type(module).__name__}: no slimops kernel runs this sparse weight in the new format; "
         "converted its dense weight (the zeros are kept, the sparse speed-up is lost)"
@@ -74,3 +85,13 @@ def linear_stand_in(module: nn.Module) -> tuple[Callable[[], nn.Linear], str | N
     if isinstance(module, Sparse24Linear):
         return (lambda: dense_linear(module.to_dense(), bias_of(module))), lost
     return None
+
+
+def _conv1d_as_linear(conv1d: nn.Module) -> nn.Linear:
+    from slimops.nn.sparse import dense_linear
+
+    bias = None if conv1d.bias is None else conv1d.bias.detach()
+    linear = dense_linear(conv1d.weight.detach().t(), bias)
+    if conv1d.weight.grad is not None:
+        linear.weight.grad = conv1d.weight.grad.detach().t().contiguous()
+    return linear

@@ -8,7 +8,8 @@
 * :class:`BlockSparseLinear` stores only the kept ``b x b`` tiles (BSR) and
   skips the others; :class:`Sparse24Linear` stores the 2:4-compressed weight
   and its metadata for the sparse tensor cores. Both keep their packed data in
-  buffers, so ``state_dict()`` holds the packed form and never the dense weight.
+  buffers, so ``state_dict()`` holds the packed form and never the dense weight;
+  their ``weight`` describes the layer (:class:`~slimops.nn.packed.WeightSpec`).
 
 * :class:`MaskedConv2d` does for ``nn.Conv2d`` what :class:`MaskedLinear` does for
   ``nn.Linear``, with eager torch ops (slimops has no convolution kernel): the
@@ -26,7 +27,8 @@ from torch import nn
 
 import slimops
 from slimops.conversion import Unsupported
-from slimops.nn._convertible import check_convertible_linear
+from slimops.nn._convertible import _is_hf_conv1d, check_convertible_linear
+from slimops.nn.packed import PackedLinear
 
 # Tile sizes the block-sparse kernels take in each dimension (issue 5).
 BLOCK_SIZES = (16, 32, 64, 128)
@@ -69,6 +71,14 @@ class _MaskedWeight(nn.Module):
 
     weight: nn.Parameter
     mask: torch.Tensor
+    # True when the weight is stored [in_features, out_features] (a Hugging Face Conv1D's).
+    transposed: bool = False
+
+    def out_first(self, t: torch.Tensor) -> torch.Tensor:
+        """``t``, shaped like :attr:`weight`, with the output channels first, as the sparsity
+        patterns see the weight: a view of the transpose when the weight is stored
+        ``[in_features, out_features]`` (``transposed``), else ``t`` itself."""
+        return t.t() if self.transposed else t
 
     @torch.no_grad()
     def set_mask(self, mask: torch.Tensor) -> None:
@@ -92,9 +102,14 @@ class MaskedLinear(_MaskedWeight):
     """``y = x (W ⊙ M)^T + b`` with a fixed bool mask ``M``, for training a pruned layer.
 
     ``weight`` and ``bias`` are ordinary parameters; ``mask`` is a bool buffer
-    ``[out_features, in_features]`` (True = kept). The gradient of ``weight`` is
+    shaped like ``weight`` (True = kept). The gradient of ``weight`` is
     ``(g^T x) ⊙ M``: pruned entries get exactly zero, so SGD, Adam or AdamW
     (with weight decay: ``0 * wd = 0``) leave a pruned weight that is zero at zero.
+
+    ``weight`` is ``[out_features, in_features]``, or, with ``transposed=True``,
+    ``[in_features, out_features]``: the layout of a Hugging Face ``Conv1D`` (GPT-2),
+    whose parameter is kept as it is so that it stays shared; the mask then has that
+    layout too, and :meth:`out_first` gives both as ``[out_features, in_features]``.
 
     NOTE: an optimizer whose momentum was built up *before* an entry was pruned
     can still move it for a few steps; :meth:`apply_mask_` (which
@@ -102,41 +117,51 @@ class MaskedLinear(_MaskedWeight):
     sees it either way.
     """
 
-    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None, mask: torch.Tensor):
+    def __init__(
+        self, weight: nn.Parameter, bias: nn.Parameter | None, mask: torch.Tensor, transposed: bool = False
+    ):
         super().__init__()
         _check_mask(mask, weight, "MaskedLinear")
+        if not isinstance(transposed, bool):
+            raise TypeError(f"MaskedLinear: transposed must be a bool, got {transposed!r}")
+        self.transposed = transposed
         self.weight = weight
         self.bias = bias
-        self.register_buffer("mask", mask.to(weight.device))  # bool [N, K]
+        self.register_buffer("mask", mask.to(weight.device))  # bool, shaped like the weight
 
     @property
     def in_features(self) -> int:
-        return self.weight.shape[1]
+        return self.out_first(self.weight).shape[1]
 
     @property
     def out_features(self) -> int:
-        return self.weight.shape[0]
+        return self.out_first(self.weight).shape[0]
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, mask: torch.Tensor | None = None) -> MaskedLinear:
+    def from_float(cls, linear: nn.Module, mask: torch.Tensor | None = None) -> MaskedLinear:
         """Wrap ``linear``, sharing its parameters (an optimizer built on them keeps working).
 
         Args:
-            linear: the float layer.
-            mask: bool ``[out_features, in_features]``; all True (nothing pruned) if None.
+            linear: an ``nn.Linear``, or a Hugging Face ``Conv1D`` (its weight
+                ``[in_features, out_features]`` is kept as it is: ``transposed=True``).
+            mask: bool, shaped like ``linear.weight``; all True (nothing pruned) if None.
                 Weights it prunes are zeroed in place.
         """
-        check_linear(linear)
+        transposed = _is_hf_conv1d(linear)
+        if transposed:
+            check_convertible_linear(linear)
+        else:
+            check_linear(linear)
         if mask is None:
             mask = torch.ones_like(linear.weight, dtype=torch.bool)
-        module = cls(linear.weight, linear.bias, mask)
+        module = cls(linear.weight, linear.bias, mask, transposed)
         module.apply_mask_()
         return module
 
     def to_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` holding ``W ⊙ M`` (new parameters, same dtype and device)."""
         bias = None if self.bias is None else self.bias.detach()
-        return dense_linear(self.weight.detach() * self.mask, bias, self.weight.requires_grad)
+        return dense_linear(self.out_first(self.weight.detach() * self.mask), bias, self.weight.requires_grad)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
@@ -146,12 +171,14 @@ class MaskedLinear(_MaskedWeight):
             dtype = torch.get_autocast_dtype(input.device.type)
             input, weight = input.to(dtype), weight.to(dtype)
             bias = None if bias is None else bias.to(dtype)
-        return slimops.ops.masked_linear(input, weight, self.mask, bias)
+        # A transposed weight goes in as a strided view: the kernels take any strides.
+        return slimops.ops.masked_linear(input, self.out_first(weight), self.out_first(self.mask), bias)
 
     def extra_repr(self) -> str:
+        layout = ", transposed=True" if self.transposed else ""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, sparsity={self.sparsity:.3f}"
+            f"bias={self.bias is not None}, sparsity={self.sparsity:.3f}{layout}"
         )
 
 
@@ -221,15 +248,21 @@ def _block_pair(block: int | tuple[int, int]) -> tuple[int, int]:
     return bn, bk
 
 
-class BlockSparseLinear(nn.Module):
+class BlockSparseLinear(PackedLinear):
     """``y = x W^T + b`` with ``W`` stored as its kept ``block_n x block_k`` tiles (BSR).
 
     Buffers: ``values [nnz, block_n, block_k]``, ``row_ptr int32 [N / block_n + 1]``,
     ``col_idx int32 [nnz]`` (see :mod:`slimops.reference.sparse`), ``bias [N]`` or None.
     The kernel skips the tiles that are not stored, so the time falls with the
     density of kept tiles. The stored weights are buffers and take no gradient; the
-    input does, so layers before this one can still train.
+    input does, so layers before this one can still train. ``weight`` is a
+    :class:`~slimops.nn.packed.WeightSpec`; :meth:`to_dense` gives the dense weight.
+    ``values`` and ``bias`` follow ``.half()`` / ``.to(dtype)`` among fp32, fp16 and bf16.
     """
+
+    _stored = ("values", "row_ptr", "col_idx")
+    _dense_method = "to_dense"
+    _float_buffers = ("values", "bias")
 
     def __init__(
         self,
@@ -239,9 +272,7 @@ class BlockSparseLinear(nn.Module):
         bias: torch.Tensor | None,
         in_features: int,
     ):
-        super().__init__()
-        self.in_features = in_features
-        self.out_features = (row_ptr.shape[0] - 1) * values.shape[1]
+        super().__init__(in_features, (row_ptr.shape[0] - 1) * values.shape[1], values.dtype)
         self.block_size = (values.shape[1], values.shape[2])
         self.register_buffer("values", values)  # [nnz, block_n, block_k]
         self.register_buffer("row_ptr", row_ptr)  # int32 [N / block_n + 1]
@@ -280,7 +311,10 @@ class BlockSparseLinear(nn.Module):
         """The dense ``[out_features, in_features]`` weight this module stands for."""
         return slimops.ops.block_sparse_to_dense(self.values, self.row_ptr, self.col_idx, self.in_features)
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def _kernel_dtype(self) -> torch.dtype:
+        return self.values.dtype
+
+    def _linear(self, input: torch.Tensor) -> torch.Tensor:
         return slimops.ops.block_sparse_linear(input, self.values, self.row_ptr, self.col_idx, self.bias)
 
     def extra_repr(self) -> str:
@@ -291,18 +325,23 @@ class BlockSparseLinear(nn.Module):
         )
 
 
-class Sparse24Linear(nn.Module):
+class Sparse24Linear(PackedLinear):
     """``y = x W^T + b`` for a 2:4 weight (at most 2 non-zeros in every 4 consecutive inputs).
 
     Buffers: ``values [N, K / 2]`` (the kept weights), ``meta uint8`` (their
     positions, in the layout ``sparse24_compress`` makes for the kernel), ``bias [N]``
     or None. Half the weight bytes; on GPU it runs on the sparse tensor cores.
+    ``weight`` is a :class:`~slimops.nn.packed.WeightSpec`; :meth:`to_dense` gives the
+    dense weight. ``values`` and ``bias`` follow ``.half()`` / ``.to(dtype)`` among fp32,
+    fp16 and bf16.
     """
 
+    _stored = ("values", "meta")
+    _dense_method = "to_dense"
+    _float_buffers = ("values", "bias")
+
     def __init__(self, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None):
-        super().__init__()
-        self.in_features = values.shape[1] * 2
-        self.out_features = values.shape[0]
+        super().__init__(values.shape[1] * 2, values.shape[0], values.dtype)
         self.register_buffer("values", values)  # [N, K / 2]
         self.register_buffer("meta", meta)  # uint8, kernel layout
         self.register_buffer("bias", bias)  # [N] or None
@@ -322,7 +361,10 @@ class Sparse24Linear(nn.Module):
         """The dense ``[out_features, in_features]`` weight this module stands for."""
         return slimops.ops.sparse24_to_dense(self.values, self.meta)
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
+    def _kernel_dtype(self) -> torch.dtype:
+        return self.values.dtype
+
+    def _linear(self, input: torch.Tensor) -> torch.Tensor:
         return slimops.ops.sparse24_linear(input, self.values, self.meta, self.bias)
 
     def extra_repr(self) -> str:

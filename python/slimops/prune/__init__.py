@@ -9,9 +9,9 @@ Gradual pruning while training (Zhu & Gupta 2017), then packing::
     for x, y in batches:                 # build the optimizer after the Pruner or before: both work
         loss = loss_fn(model(x), y)
         optimizer.zero_grad()
-        loss.backward()                  # gradient criteria observe here, through hooks
+        loss.backward()
         optimizer.step()
-        pruner.step()                    # advance the schedule; update masks when it says so
+        pruner.step()                    # gradient criteria read .grad; masks update when the schedule says so
     pruner.sparsity_report().print()
     pruner.finalize()                    # 2:4, block-sparse, shrunk or dense, layer by layer
 

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from slimops.conversion import FilterFn
+from slimops.nn._convertible import _is_hf_conv1d
 from slimops.nn.sparse import MaskedLinear
-from slimops.prune.criteria import Criterion, get_criterion
+from slimops.prune.criteria import Criterion, get_criterion, require_observed
 from slimops.prune.patterns import Channel
 from slimops.prune.selection import _as_2d, _check_sparsity, select_masks
 
@@ -48,20 +49,45 @@ def _uses(model: nn.Module) -> dict[int, int]:
     return counts
 
 
+def param_holders(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
+    """``id(parameter) -> [(name, module)]``: every module holding each parameter, under each of its names."""
+    holders: dict[int, list[tuple[str, nn.Module]]] = {}
+    for mfqn, m in model.named_modules(remove_duplicate=False):
+        for pname, p in m.named_parameters(recurse=False, remove_duplicate=False):
+            holders.setdefault(id(p), []).append((f"{mfqn}.{pname}" if mfqn else pname, m))
+    return holders
+
+
+def tied_elsewhere(holders: dict[int, list[tuple[str, nn.Module]]], module: nn.Module) -> list[str]:
+    """The names under which modules other than ``module`` hold its weight (``holders``: :func:`param_holders`).
+
+    A tied weight (GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``) is one
+    ``Parameter`` held by several modules: pruning or shrinking it for one changes all.
+    """
+    return [name for name, m in holders.get(id(module.weight), []) if m is not module]
+
+
 def channel_consumer(model: nn.Module, fqn: str) -> _Chain:
     """Follow the output channels of the Linear / Conv2d at ``fqn`` to the one layer that reads them.
 
     Channels can be removed when the layer sits in an ``nn.Sequential`` (plain
     forward) and is followed, through element-wise activations, dropout and a
     BatchNorm of the matching kind, by a Linear (after a Linear) or an ungrouped
-    Conv2d (after a Conv2d), none of them used anywhere else.
+    Conv2d (after a Conv2d), none of them used anywhere else, and neither weight
+    tied to another module's (removing channels replaces the weights).
 
     Raises:
         ChannelPruningError: with the reason when the dependency is not that clear.
     """
     producer = model.get_submodule(fqn)
+    if _is_hf_conv1d(producer) or (isinstance(producer, MaskedLinear) and producer.transposed):
+        raise ChannelPruningError(fqn, "a Hugging Face Conv1D's channels are not removed (only nn.Linear, nn.Conv2d)")
     if type(producer) not in (nn.Linear, nn.Conv2d, MaskedLinear):
         raise ChannelPruningError(fqn, f"{type(producer).__name__} is not an nn.Linear or nn.Conv2d")
+    holders = param_holders(model)
+    tied = tied_elsewhere(holders, producer)
+    if tied:
+        raise ChannelPruningError(fqn, f"its weight is tied to {', '.join(tied)} (the same Parameter)")
     if isinstance(producer, nn.Conv2d) and producer.groups != 1:
         raise ChannelPruningError(fqn, f"grouped convolution (groups={producer.groups}) ties outputs to inputs")
     parent_fqn, _, name = fqn.rpartition(".")
@@ -90,9 +116,14 @@ def channel_consumer(model: nn.Module, fqn: str) -> _Chain:
             between.append(m)
             continue
         if type(m) in ((nn.Linear, MaskedLinear) if linear else (nn.Conv2d,)):
+            if isinstance(m, MaskedLinear) and m.transposed:
+                raise ChannelPruningError(fqn, f"its consumer {child_fqn} holds a Conv1D's weight (not handled)")
             k = m.weight.shape[1]
             if isinstance(m, nn.Conv2d) and m.groups != 1:
                 raise ChannelPruningError(fqn, f"its consumer {child_fqn} is a grouped convolution")
+            tied = tied_elsewhere(holders, m)
+            if tied:
+                raise ChannelPruningError(fqn, f"its consumer {child_fqn}'s weight is tied to {', '.join(tied)}")
             if k != channels:
                 raise ChannelPruningError(fqn, f"{child_fqn} reads {k} channels, not the {channels} produced")
             return _Chain(producer, between, m, child_fqn)
@@ -227,8 +258,9 @@ def prune_channels(
     (``round(sparsity * channels)`` per layer, or ranked across layers for
     ``scope="global"``; at least one channel stays), and its consumer the
     matching inputs (:func:`remove_channels`). Layers whose dependency is not
-    clear are left alone and listed with the reason in ``result.skipped``.
-    Gradient criteria must have observed the model first (``criterion.observe(model)``).
+    clear (and Hugging Face ``Conv1D`` layers) are left alone and listed with the
+    reason in ``result.skipped``. Gradient criteria must have observed the model
+    first (``criterion.observe(model)``).
     """
     sparsity = _check_sparsity(sparsity)
     crit = get_criterion(criterion)
@@ -237,7 +269,8 @@ def prune_channels(
     result = ChannelPruneResult()
     chosen: list[tuple[str, nn.Module]] = []
     for fqn, m in model.named_modules():
-        if type(m) not in (nn.Linear, nn.Conv2d) or (filter_fn is not None and not filter_fn(m, fqn)):
+        linear_kind = type(m) in (nn.Linear, nn.Conv2d) or _is_hf_conv1d(m)  # a Conv1D is skipped, with why
+        if not linear_kind or (filter_fn is not None and not filter_fn(m, fqn)):
             continue
         try:
             channel_consumer(model, fqn)
@@ -247,6 +280,7 @@ def prune_channels(
         chosen.append((fqn, m))
     if not chosen:
         return result
+    require_observed(crit, {fqn: m.weight for fqn, m in chosen})
     scores = [crit.scores(m.weight) for _, m in chosen]
     keeps = [torch.ones_like(s, dtype=torch.bool) for s in scores]
     masks = select_masks(scores, keeps, Channel(), sparsity, scope)

@@ -9,11 +9,13 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from slimops.nn._convertible import _is_hf_conv1d
 from slimops.nn.sparse import MaskedConv2d, MaskedLinear
 
 
 def _prunable_weight(module: nn.Module) -> nn.Parameter | None:
-    if isinstance(module, (nn.Linear, nn.Conv2d, MaskedLinear, MaskedConv2d)) and isinstance(module.weight, nn.Parameter):
+    kinds = (nn.Linear, nn.Conv2d, MaskedLinear, MaskedConv2d)
+    if (isinstance(module, kinds) or _is_hf_conv1d(module)) and isinstance(module.weight, nn.Parameter):
         return module.weight
     return None
 
@@ -22,13 +24,16 @@ class Criterion:
     """Base class: an importance score per weight (a tensor shaped like the weight, fp32).
 
     Gradient-based criteria (``needs_grad = True``) accumulate statistics of the
-    weight gradients. Feed them one of two ways:
+    weight gradients, one observation per training step. Feed them one of two ways:
 
-    * inside a :class:`Pruner`, hooks on the pruned weights observe every
-      backward pass on their own (do not call :meth:`observe` as well);
+    * inside a :class:`Pruner`, :meth:`Pruner.step` observes the pruned weights
+      on its own (do not call :meth:`observe` as well);
     * otherwise call ``criterion.observe(model)`` after each ``loss.backward()``
       and before ``optimizer.zero_grad()``; it reads ``.grad`` of every
-      ``nn.Linear``, ``nn.Conv2d``, ``MaskedLinear`` and ``MaskedConv2d`` weight.
+      ``nn.Linear``, Hugging Face ``Conv1D``, ``nn.Conv2d``, ``MaskedLinear`` and
+      ``MaskedConv2d`` weight. With a ``torch.amp.GradScaler``, call it after
+      ``scaler.unscale_(optimizer)`` or ``scaler.step(optimizer)``: before that the
+      gradients are multiplied by the loss scale.
 
     Statistics are kept per weight tensor (by identity) until :meth:`reset`.
     """
@@ -40,15 +45,22 @@ class Criterion:
         # id(weight) -> (weakref to weight, accumulated fp32 tensor, number of observations)
         self._stats: dict[int, tuple[weakref.ref, torch.Tensor, int]] = {}
 
+    @torch.no_grad()
     def observe(self, model: nn.Module) -> int:
-        """Accumulate the current ``.grad`` of every prunable weight in ``model``; returns how many were seen."""
-        seen = 0
-        for module in model.modules():
-            w = _prunable_weight(module)
-            if w is not None and w.grad is not None:
-                self.observe_grad(w, w.grad)
-                seen += 1
-        return seen
+        """Accumulate the current ``.grad`` of every prunable weight in ``model``; returns how many were seen.
+
+        A step whose gradients hold inf or NaN (one a GradScaler skips) is not observed:
+        nothing is accumulated and 0 is returned.
+        """
+        weights = [w for m in model.modules() if (w := _prunable_weight(m)) is not None and w.grad is not None]
+        if not weights:
+            return 0
+        flags = [torch.isfinite(w.grad).all() for w in weights]
+        if not bool(torch.stack([f.to(flags[0].device) for f in flags]).all()):  # one host sync
+            return 0
+        for w in weights:
+            self.observe_grad(w, w.grad)
+        return len(weights)
 
     @torch.no_grad()
     def observe_grad(self, weight: torch.Tensor, grad: torch.Tensor) -> None:
@@ -77,14 +89,9 @@ class Criterion:
         raise NotImplementedError
 
     def _mean_statistic(self, weight: torch.Tensor) -> torch.Tensor:
-        n = self.num_observed(weight)
-        if n == 0:
-            raise ValueError(
-                f"the {self.name!r} criterion has seen no gradient of this weight {tuple(weight.shape)}: run "
-                "backward passes first (a Pruner observes them through hooks; elsewhere call "
-                "criterion.observe(model) after each loss.backward())"
-            )
-        return self._stats[id(weight)][1] / n
+        if self.num_observed(weight) == 0:
+            raise ValueError(_no_gradient(self.name, f"this weight {tuple(weight.shape)}"))
+        return self._stats[id(weight)][1] / self.num_observed(weight)
 
     @torch.no_grad()
     def scores(self, weight: torch.Tensor) -> torch.Tensor:
@@ -93,6 +100,25 @@ class Criterion:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def _no_gradient(criterion: str, what: str, hint: str = "") -> str:
+    return (
+        f"the {criterion!r} criterion has seen no gradient of {what}{hint}: run backward passes first "
+        "(a Pruner observes them in pruner.step(), after optimizer.step(); elsewhere call "
+        "criterion.observe(model) after each loss.backward())"
+    )
+
+
+def require_observed(criterion: Criterion, weights: dict[str, torch.Tensor], hint: str = "") -> None:
+    """Raise ``ValueError`` naming every layer of ``weights`` (``{fqn: weight}``) whose gradient
+    the (gradient) ``criterion`` has not seen; ``hint`` is added to the message."""
+    if not criterion.needs_grad:
+        return
+    unseen = [fqn for fqn, w in weights.items() if criterion.num_observed(w) == 0]
+    if unseen:
+        what = "the weight of " + ", ".join(repr(fqn) for fqn in unseen)
+        raise ValueError(_no_gradient(criterion.name, what, hint))
 
 
 class MagnitudeCriterion(Criterion):

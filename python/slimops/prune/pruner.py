@@ -1,23 +1,26 @@
-"""The :class:`Pruner`: masks the ``nn.Linear`` and ``nn.Conv2d`` layers of a model while it
-trains, updates the masks on a schedule, and packs each layer on :meth:`Pruner.finalize`."""
+"""The :class:`Pruner`: masks the linear layers (``nn.Linear``, Hugging Face ``Conv1D``) and
+``nn.Conv2d`` layers of a model while it trains, updates the masks on a schedule, and packs
+each layer on :meth:`Pruner.finalize`."""
 
 from __future__ import annotations
 
 import math
 import warnings
-import weakref
 
 import torch
 from torch import nn
 
 from slimops.conversion import FilterFn, Unsupported
+from slimops.nn._convertible import _is_hf_conv1d, check_convertible_linear
 from slimops.nn.sparse import BLOCK_SIZES, MaskedConv2d, MaskedLinear, check_linear
 from slimops.prune.channels import (
     ChannelPruningError,
     channel_consumer,
+    param_holders,
     remove_channels,
+    tied_elsewhere,
 )
-from slimops.prune.criteria import Criterion, get_criterion
+from slimops.prune.criteria import Criterion, get_criterion, require_observed
 from slimops.prune.packing import pack_linear
 from slimops.prune.patterns import NM, Block, Channel, Pattern, get_pattern
 from slimops.prune.report import LayerSparsity, SparsityReport
@@ -26,21 +29,32 @@ from slimops.prune.selection import _check_sparsity, select_masks
 
 
 class Pruner:
-    """Prunes the ``nn.Linear`` and ``nn.Conv2d`` layers of a model while it trains, then packs them.
+    """Prunes the linear (``nn.Linear``, Hugging Face ``Conv1D``) and ``nn.Conv2d`` layers of a
+    model while it trains, then packs them.
 
-    The constructor swaps every selected ``nn.Linear`` for a :class:`MaskedLinear`
-    (and ``nn.Conv2d`` for a :class:`MaskedConv2d`) that shares its parameters (so
-    an optimizer built before or after works) with an all-True mask. Patterns see a
-    convolution's weight as ``[out_channels, in_channels * kh * kw]``. Call :meth:`step` after each optimizer step: it advances
-    the schedule, updates the masks when the schedule says so (zeroing the newly
-    pruned weights), and zeros any pruned weight an optimizer's old momentum
-    moved. :meth:`finalize` turns each layer into its fastest packed form.
+    The constructor swaps every selected ``nn.Linear`` or ``Conv1D`` for a :class:`MaskedLinear`
+    (and ``nn.Conv2d`` for a :class:`MaskedConv2d`) that shares its parameters (so an
+    optimizer built before or after works) with an all-True mask. A ``Conv1D`` keeps its
+    weight ``[in_features, out_features]`` (``MaskedLinear(transposed=True)``); patterns see
+    every linear weight as ``[out_features, in_features]`` (2:4 runs along the inputs) and a
+    convolution's as ``[out_channels, in_channels * kh * kw]``. Call :meth:`step` after each
+    optimizer step: it advances the schedule, updates the masks when the schedule says so
+    (zeroing the newly pruned weights), and zeros any pruned weight an optimizer's old
+    momentum moved. :meth:`finalize` turns each layer into its fastest packed form.
+
+    Gradient criteria (``gradient``, ``taylor``, ``fisher``) observe one gradient per
+    training step: hooks on the pruned weights note which ones a backward pass reached,
+    and :meth:`step` reads their ``.grad``, so call it after ``optimizer.step()`` (or
+    ``scaler.step(optimizer)``, which unscales the gradients of a ``torch.amp.GradScaler``)
+    and before ``optimizer.zero_grad()``. A step whose gradients hold inf or NaN is not
+    observed (a GradScaler skips exactly such steps); ``step(scaler)`` also drops the
+    steps the scaler skipped for an overflow elsewhere in the model. Gradient-accumulation
+    micro-batches add up in ``.grad``, so they count as the one step they are.
 
     Args:
         model: the model, changed in place.
         criterion: a name (``magnitude``, ``gradient``, ``taylor``, ``fisher``, ``random``) or a
-            :class:`Criterion`. Gradient criteria are fed by hooks on the pruned weights during
-            every backward pass since the last mask update.
+            :class:`Criterion`.
         pattern: a name (``unstructured``, ``block``, ``2:4``/``n_m``, ``channel``) or a
             :class:`Pattern` (``block(32)``, ``n_m(2, 4)``, ...).
         sparsity: the final fraction of pruned weights, in [0, 1); for N:M it must be
@@ -50,8 +64,11 @@ class Pruner:
             each layer's scores divided by its mean; every layer keeps at least one unit).
         filter_fn: ``filter_fn(module, fqn) -> bool`` selects the layers.
 
-    Layers that cannot take the pattern (shape, or, for channels, no clear consumer)
-    are left as they were and listed with the reason in :attr:`skipped`.
+    Layers left as they were, with the reason in :attr:`skipped`: those that cannot take
+    the pattern (shape; for channels, no clear consumer, or a ``Conv1D``), those whose
+    weight is tied to another module's (GPT-2's ``lm_head`` shares the input embedding:
+    pruning it would zero the embedding too), and, for gradient criteria, frozen ones
+    (``requires_grad=False``: no gradient to score them by).
     """
 
     def __init__(
@@ -87,6 +104,8 @@ class Pruner:
         self.skipped: dict[str, str] = {}
         self.layers: dict[str, MaskedLinear | MaskedConv2d] = {}
         self.step_count = 0
+        # Steps whose gradients a gradient criterion did not observe (inf / NaN, or skipped by the scaler).
+        self.dropped_steps = 0
         self.current_sparsity = 0.0
         self.forms: dict[str, str] | None = None  # set by finalize
         self._final_stats: dict[str, LayerSparsity] = {}
@@ -99,20 +118,16 @@ class Pruner:
             if fqn != first_name[id(m)]:
                 self._aliases.setdefault(first_name[id(m)], []).append(fqn)
         planned: list[tuple[str, nn.Module]] = []
+        holders = param_holders(model)
         for fqn, m in model.named_modules():
-            if not isinstance(m, (nn.Linear, nn.Conv2d)) or (filter_fn is not None and not filter_fn(m, fqn)):
+            if not _is_prunable_kind(m) or (filter_fn is not None and not filter_fn(m, fqn)):
                 continue
             try:
                 _check_prunable(m)
             except Unsupported as why:
                 self.skipped[fqn] = str(why)
                 continue
-            why = self.pattern.check((m.weight.shape[0], m.weight[0].numel()))
-            if why is None and isinstance(self.pattern, Channel):
-                try:
-                    channel_consumer(model, fqn)
-                except ChannelPruningError as e:
-                    why = e.reason
+            why = self._why_not(model, holders, fqn, m)
             if why is not None:
                 self.skipped[fqn] = why
                 continue
@@ -126,41 +141,66 @@ class Pruner:
         if not planned:
             warnings.warn("Pruner selected no layer", stacklevel=2)
         for fqn, m in planned:
-            masked = MaskedLinear.from_float(m) if isinstance(m, nn.Linear) else MaskedConv2d.from_float(m)
+            masked = MaskedConv2d.from_float(m) if isinstance(m, nn.Conv2d) else MaskedLinear.from_float(m)
             self._put(fqn, masked)
             self.layers[fqn] = masked
+        # fqns of the layers a backward pass reached since the last step. The hooks only note
+        # it: the gradient is read from .grad in step(), once the optimizer step (and a
+        # GradScaler's unscaling) is done. A set, not the Pruner, so the hooks keep no Pruner alive.
+        self._reached: set[str] = set()
         self._hooks = []
         if self.criterion.needs_grad:
-            for masked in self.layers.values():
-                self._hooks.append(masked.weight.register_hook(self._observer(masked.weight)))
+            for fqn, masked in self.layers.items():
+                self._hooks.append(masked.weight.register_hook(_noter(self._reached, fqn)))
+
+    def _why_not(self, model: nn.Module, holders: dict, fqn: str, layer: nn.Module) -> str | None:
+        """Why the Pruner leaves ``layer`` (at ``fqn``) dense, or None."""
+        tied = tied_elsewhere(holders, layer)
+        if tied:
+            return (
+                f"its weight is tied to {', '.join(tied)} (the same Parameter): pruning it would zero "
+                "that too; untie the weights to prune this layer"
+            )
+        if self.criterion.needs_grad and not layer.weight.requires_grad:
+            return f"frozen (weight.requires_grad is False): the {self.criterion.name!r} criterion needs its gradients"
+        w = layer.weight.t() if _is_hf_conv1d(layer) else layer.weight
+        why = self.pattern.check((w.shape[0], w[0].numel()))
+        if why is None and isinstance(self.pattern, Channel):
+            try:
+                channel_consumer(model, fqn)
+            except ChannelPruningError as e:
+                why = e.reason
+        return why
 
     def _put(self, fqn: str, module: nn.Module) -> None:
         """Put ``module`` at ``fqn`` and at every other name the layer there has."""
         for name in [fqn, *self._aliases.get(fqn, [])]:
             _set_submodule(self.model, name, module)
 
-    def _observer(self, weight: nn.Parameter):
-        ref = weakref.ref(weight)
-        crit = self.criterion
-
-        def hook(grad: torch.Tensor) -> None:
-            w = ref()
-            if w is not None:
-                crit.observe_grad(w, grad)
-
-        return hook
-
     def _check_live(self) -> None:
         if self.forms is not None:
             raise RuntimeError("Pruner: finalize() was called; the masked layers are gone")
 
-    def step(self) -> None:
-        """Call once per training step, after ``optimizer.step()``.
+    def step(self, scaler: torch.amp.GradScaler | None = None) -> None:
+        """Call once per training step, after ``optimizer.step()`` (or ``scaler.step(optimizer)``).
 
-        The ``t``-th call (from 0) updates the masks if the schedule updates at ``t``
-        and its sparsity there is above the current one, then zeros every pruned weight.
+        Gradient criteria first observe the ``.grad`` of the pruned weights the backward
+        passes since the last step reached (so call it before ``optimizer.zero_grad()``),
+        unless a gradient holds inf or NaN, or ``scaler`` skipped the step. Then the
+        ``t``-th call (from 0) updates the masks if the schedule updates at ``t`` and its
+        sparsity there is above the current one, and zeros every pruned weight.
+
+        Args:
+            scaler: the ``torch.amp.GradScaler`` of the loop, if any: the step is then not
+                observed when the scaler found inf or NaN in any gradient (it skipped the
+                step). Pass it between ``scaler.step(optimizer)`` and ``scaler.update()``,
+                which forgets what it found. Without it, a step is dropped only when the
+                pruned weights' own gradients hold inf or NaN. NOTE: an optimizer that
+                unscales inside its step (``fused=True``) leaves ``.grad`` scaled: call
+                ``scaler.unscale_(optimizer)`` before ``scaler.step(optimizer)``.
         """
         self._check_live()
+        self._observe(scaler)
         t = self.step_count
         if self.schedule.updates_at(t):
             target = self.schedule.sparsity(t, self.sparsity)
@@ -171,19 +211,52 @@ class Pruner:
         self.step_count += 1
 
     @torch.no_grad()
+    def _observe(self, scaler: torch.amp.GradScaler | None = None) -> None:
+        """Feed the criterion the ``.grad`` of the weights reached since the last call, or drop them."""
+        skipped = _scaler_skipped(scaler)
+        reached = [(fqn, layer.weight) for fqn, layer in self.layers.items() if fqn in self._reached]
+        self._reached.clear()
+        if not reached:
+            return
+        missing = [fqn for fqn, w in reached if w.grad is None]
+        if missing:
+            raise RuntimeError(
+                f"Pruner.step(): a backward pass reached the weights of {', '.join(missing)}, but their .grad "
+                "is None now: call pruner.step() after optimizer.step() and before optimizer.zero_grad()"
+            )
+        # The step counts only if every gradient is finite; one host sync for all the layers.
+        flags = [torch.isfinite(w.grad).all() for _, w in reached]
+        finite = bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
+        if skipped or not finite:
+            self.dropped_steps += 1
+            return
+        for _, w in reached:
+            self.criterion.observe_grad(w, w.grad)
+
+    @torch.no_grad()
     def update_masks(self, sparsity: float) -> None:
-        """Prune now to ``sparsity`` (never below what is already pruned), then reset the criterion."""
+        """Prune now to ``sparsity`` (never below what is already pruned), then reset the criterion.
+
+        Gradient criteria first observe the ``.grad`` of backward passes run since the
+        last :meth:`step`, as :meth:`step` would (without a scaler).
+        """
         self._check_live()
         sparsity = _check_sparsity(sparsity)
         if sparsity > self.pattern.max_sparsity + 1e-12:
             raise ValueError(f"sparsity {sparsity} exceeds what {self.pattern!r} allows ({self.pattern.max_sparsity})")
+        self._observe()
         if not self.layers:
             return
         layers = list(self.layers.values())
-        scores = [self.criterion.scores(layer.weight) for layer in layers]
-        masks = select_masks(scores, [layer.mask for layer in layers], self.pattern, sparsity, self.scope)
+        if self.criterion.needs_grad:
+            hint = f"; {self.dropped_steps} step(s) were dropped for inf or NaN gradients" if self.dropped_steps else ""
+            require_observed(self.criterion, {fqn: layer.weight for fqn, layer in self.layers.items()}, hint)
+        # Patterns see [out, in]: a Conv1D's weight (and so its scores and mask) is stored [in, out].
+        scores = [layer.out_first(self.criterion.scores(layer.weight)) for layer in layers]
+        keeps = [layer.out_first(layer.mask) for layer in layers]
+        masks = select_masks(scores, keeps, self.pattern, sparsity, self.scope)
         for layer, mask in zip(layers, masks):
-            layer.set_mask(mask)
+            layer.set_mask(layer.out_first(mask))  # out_first transposes back: a transpose undoes itself
         self.criterion.reset()
         self.current_sparsity = max(self.current_sparsity, sparsity)
 
@@ -193,7 +266,7 @@ class Pruner:
             layers = dict(self._final_stats)
         else:
             layers = {
-                fqn: LayerSparsity(tuple(m.weight.shape), m.mask.numel(), int((~m.mask).sum()), type(m).__name__)
+                fqn: LayerSparsity(_shape(m), m.mask.numel(), int((~m.mask).sum()), type(m).__name__)
                 for fqn, m in self.layers.items()
             }
         return SparsityReport(
@@ -221,11 +294,12 @@ class Pruner:
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        self._reached.clear()
         masks: dict[str, torch.Tensor] = {}
         stats: dict[str, LayerSparsity] = {}
         for fqn, layer in self.layers.items():
-            stats[fqn] = LayerSparsity(tuple(layer.weight.shape), layer.mask.numel(), int((~layer.mask).sum()))
-            masks[fqn] = layer.mask.clone()
+            stats[fqn] = LayerSparsity(_shape(layer), layer.mask.numel(), int((~layer.mask).sum()))
+            masks[fqn] = layer.out_first(layer.mask).clone()  # [out, in], as the plain layer's weight
             plain = layer.to_linear() if isinstance(layer, MaskedLinear) else layer.to_conv()
             self._put(fqn, plain)
         forms: dict[str, str] = {}
@@ -261,8 +335,47 @@ class Pruner:
         return dict(forms)
 
 
+def _is_prunable_kind(module: nn.Module) -> bool:
+    """Whether ``module`` is a layer the Pruner considers: ``nn.Linear``, ``nn.Conv2d`` or a Hugging Face ``Conv1D``."""
+    return isinstance(module, (nn.Linear, nn.Conv2d)) or _is_hf_conv1d(module)
+
+
+def _shape(layer: MaskedLinear | MaskedConv2d) -> tuple[int, ...]:
+    # A Conv1D's weight is reported as the [out_features, in_features] of the layer it packs into.
+    return tuple(layer.out_first(layer.weight).shape)
+
+
+def _noter(reached: set[str], fqn: str):
+    def hook(grad: torch.Tensor) -> None:
+        reached.add(fqn)
+
+    return hook
+
+
+def _scaler_skipped(scaler: torch.amp.GradScaler | None) -> bool:
+    """Whether ``scaler`` found inf or NaN in this step's gradients (so it skipped the step)."""
+    if scaler is None:
+        return False
+    if not isinstance(scaler, torch.amp.GradScaler):
+        raise TypeError(f"Pruner.step: scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}")
+    if not scaler.is_enabled():
+        return False
+    # NOTE: what GradScaler found lives in its per-optimizer state (torch/amp/grad_scaler.py,
+    # also filled by slimops.amp.unscale_clip_grad_norm_) from unscale_ / step until update().
+    found = [f for state in scaler._per_optimizer_states.values() for f in state["found_inf_per_device"].values()]
+    if not found:
+        raise RuntimeError(
+            "Pruner.step(scaler): the scaler holds no inf check for this step; call pruner.step(scaler) after "
+            "scaler.step(optimizer) and before scaler.update() (update() forgets whether it skipped the step)"
+        )
+    return bool(sum(f.to(found[0].device) for f in found).item())
+
+
 def _check_prunable(layer: nn.Module) -> None:
     """Raise :class:`Unsupported` for a layer the Pruner cannot mask."""
+    if _is_hf_conv1d(layer):
+        check_convertible_linear(layer)
+        return
     if isinstance(layer, nn.Conv2d):
         if type(layer) is not nn.Conv2d:
             raise Unsupported(f"{type(layer).__name__} subclasses nn.Conv2d (its forward would be lost)")
