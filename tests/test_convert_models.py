@@ -243,11 +243,14 @@ def test_sparse_then_quantized(family, config):
 
 def test_gpt2_tied_lm_head():
     x = inputs("gpt2")
-    model = slimops.convert(build("gpt2"), slimops.Int8DynamicConfig())
-    # Converting lm_head unties it; the embedding stays float.
+    with pytest.warns(UserWarning, match=r"1 converted layer\(s\) had a weight tied to another module.*: lm_head$"):
+        model = slimops.convert(build("gpt2"), slimops.Int8DynamicConfig())
+    # Converting lm_head unties it; the embedding stays float, and the summary says so.
     assert model.transformer.wte.weight.dtype == torch.float32 and model.lm_head.qweight.dtype == torch.int8
+    assert list(model.slimops_summary.untied) == ["lm_head"]
+    assert "tied to transformer.wte.weight" in model.slimops_summary.untied["lm_head"]
     kept = slimops.convert(build("gpt2"), slimops.Int8DynamicConfig(), filter_fn=lambda m, fqn: fqn != "lm_head")
-    assert kept.lm_head.weight is kept.transformer.wte.weight
+    assert kept.lm_head.weight is kept.transformer.wte.weight and not kept.slimops_summary.untied
     assert kept.slimops_summary.untouched["lm_head"] == "Linear: filter_fn did not select it"
     assert sqnr_db(logits(model, x), logits(kept, x)) >= 20
 

@@ -46,6 +46,9 @@ class ConversionSummary:
     # name (Conv2d, Embedding, the 3-D experts of a Mixture-of-Experts layer, ...) left as it was;
     # slimops modules are not listed.
     untouched: dict[str, str] = dataclasses.field(default_factory=dict)
+    # fqn -> the tie its conversion broke: a weight shared with another module (GPT-2's lm_head and
+    # transformer.wte) is converted for this layer only; the other module keeps the float original.
+    untied: dict[str, str] = dataclasses.field(default_factory=dict)
     # The fraction of the model's parameter bytes (before conversion) that stay in ``untouched``
     # modules; ``convert`` warns when it is over half, so a mostly float model is never taken
     # for a quantized one.
@@ -122,6 +125,7 @@ def _plan(model: nn.Module, config: Config, filter_fn: FilterFn | None, summary:
 
     Returns ``[(names, replacement)]`` and whether any module had a handler and passed the filter.
     """
+    holders = param_holders(model)
     names_of: dict[int, list[str]] = {}
     module_of: dict[int, nn.Module] = {}
     for fqn, module in model.named_modules(remove_duplicate=False):
@@ -155,10 +159,36 @@ def _plan(model: nn.Module, config: Config, filter_fn: FilterFn | None, summary:
                 summary.skipped[n] = reason
             continue
         planned.append((names, new))
+        tied = tied_elsewhere(holders, module)
+        if tied:
+            for n in names:
+                summary.untied[n] = (
+                    f"its weight was tied to {', '.join(tied)}: the converted layer holds its own copy, "
+                    "the other module keeps the original (the tie is broken)"
+                )
         if fallback is not None:
             for n in names:
                 summary.fallbacks[n] = fallback
     return planned, candidates > 0
+
+
+def param_holders(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
+    """``id(parameter) -> [(name, module)]``: every module holding each parameter, under each of its names."""
+    holders: dict[int, list[tuple[str, nn.Module]]] = {}
+    for mfqn, m in model.named_modules(remove_duplicate=False):
+        for pname, p in m.named_parameters(recurse=False, remove_duplicate=False):
+            holders.setdefault(id(p), []).append((f"{mfqn}.{pname}" if mfqn else pname, m))
+    return holders
+
+
+def tied_elsewhere(holders: dict[int, list[tuple[str, nn.Module]]], module: nn.Module) -> list[str]:
+    """The names under which modules other than ``module`` hold its weight (``holders``: :func:`param_holders`).
+
+    A tied weight (GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``) is one
+    ``Parameter`` held by several modules: pruning, shrinking or converting it for one
+    changes, or unties, all.
+    """
+    return [name for name, m in holders.get(id(getattr(module, "weight", None)), []) if m is not module]
 
 
 def _fused_parent_reason(model: nn.Module, fqn: str, new: nn.Module) -> str | None:
@@ -265,6 +295,13 @@ def _warn(model: nn.Module, summary: ConversionSummary, selected_nothing: list[s
         warnings.warn(
             f"slimops.convert: {summary.untouched_share:.0%} of the model's parameter bytes stay as they were, in "
             f"{len(biggest)} module(s) no config converted, the largest: {shown} (see slimops_summary.untouched)",
+            stacklevel=3,
+        )
+    if summary.untied:
+        warnings.warn(
+            f"slimops.convert: {len(summary.untied)} converted layer(s) had a weight tied to another module; "
+            "converting broke the tie and the other module keeps the float original (see slimops_summary.untied; "
+            f"leave them out with filter_fn to keep it): {', '.join(summary.untied)}",
             stacklevel=3,
         )
     for name in selected_nothing:

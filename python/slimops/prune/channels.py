@@ -8,7 +8,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from slimops.conversion import FilterFn
+from slimops.conversion import FilterFn, param_holders, tied_elsewhere
 from slimops.nn._convertible import _is_hf_conv1d
 from slimops.nn.sparse import MaskedLinear
 from slimops.prune.criteria import Criterion, get_criterion, require_observed
@@ -47,24 +47,6 @@ def _uses(model: nn.Module) -> dict[int, int]:
     for _, m in model.named_modules(remove_duplicate=False):
         counts[id(m)] = counts.get(id(m), 0) + 1
     return counts
-
-
-def param_holders(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
-    """``id(parameter) -> [(name, module)]``: every module holding each parameter, under each of its names."""
-    holders: dict[int, list[tuple[str, nn.Module]]] = {}
-    for mfqn, m in model.named_modules(remove_duplicate=False):
-        for pname, p in m.named_parameters(recurse=False, remove_duplicate=False):
-            holders.setdefault(id(p), []).append((f"{mfqn}.{pname}" if mfqn else pname, m))
-    return holders
-
-
-def tied_elsewhere(holders: dict[int, list[tuple[str, nn.Module]]], module: nn.Module) -> list[str]:
-    """The names under which modules other than ``module`` hold its weight (``holders``: :func:`param_holders`).
-
-    A tied weight (GPT-2's ``lm_head.weight`` is ``transformer.wte.weight``) is one
-    ``Parameter`` held by several modules: pruning or shrinking it for one changes all.
-    """
-    return [name for name, m in holders.get(id(module.weight), []) if m is not module]
 
 
 def channel_consumer(model: nn.Module, fqn: str) -> _Chain:

@@ -10,15 +10,13 @@ import warnings
 import torch
 from torch import nn
 
-from slimops.conversion import FilterFn, Unsupported
+from slimops.conversion import FilterFn, Unsupported, param_holders, tied_elsewhere
 from slimops.nn._convertible import _is_hf_conv1d, check_convertible_linear
 from slimops.nn.sparse import BLOCK_SIZES, MaskedConv2d, MaskedLinear, check_linear
 from slimops.prune.channels import (
     ChannelPruningError,
     channel_consumer,
-    param_holders,
     remove_channels,
-    tied_elsewhere,
 )
 from slimops.prune.criteria import Criterion, get_criterion, require_observed
 from slimops.prune.packing import pack_linear
