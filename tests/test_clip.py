@@ -313,19 +313,22 @@ def test_clip_grad_norm_nonfinite(bad, norm_type):
         torch.testing.assert_close(p.grad, q.grad, equal_nan=True)
 
 
-def test_clip_grad_norm_bad_arguments():
+def test_clip_grad_norm_refuses_what_torch_refuses():
+    """A sparse gradient: torch's error, nothing scaled. (A max_norm < 0 or NaN, or a norm_type <= 0 or NaN,
+    torch takes, and so does slimops: tests/test_clip_dropin.py.)"""
     params = _params(1, [torch.float32], none_frac=0.0, n=3)
     before = [p.grad.clone() for p in params]
-    for kwargs, pattern in [({"max_norm": float("nan")}, "max_norm must be >= 0"),
-                            ({"max_norm": -1.0}, "max_norm must be >= 0"),
-                            ({"max_norm": 1.0, "norm_type": 0}, "norm_type must be > 0"),
-                            ({"max_norm": 1.0, "norm_type": float("nan")}, "norm_type must be > 0")]:
-        with pytest.raises(ValueError, match=pattern):
-            slimops.clip_grad_norm_(params, **kwargs)
     sparse = torch.nn.Parameter(torch.randn(4, 4))
     sparse.grad = torch.randn(4, 4).to_sparse()
-    with pytest.raises((RuntimeError, NotImplementedError)):
+    with pytest.raises((RuntimeError, NotImplementedError)) as torchs:
+        torch_clip(_clone_params(params) + [sparse], 1.0)
+    with pytest.raises(type(torchs.value)):
         slimops.clip_grad_norm_(params + [sparse], 1.0)
+    assert all(torch.equal(p.grad, b) for p, b in zip(params, before))
+    # inv_scale is slimops' own (not torch's): it needs a call the kernels take
+    for kwargs in ({"norm_type": 0.0}, {"max_norm": -1.0}):
+        with pytest.raises(ValueError, match="inv_scale/found_inf need"):
+            slimops.clip_grad_norm_(params, **{"max_norm": 1.0, **kwargs}, inv_scale=torch.ones(1))
     assert all(torch.equal(p.grad, b) for p, b in zip(params, before))
 
 

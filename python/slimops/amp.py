@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch.amp.grad_scaler import OptState
 
-from slimops.clip import clip_grad_norm_
+from slimops.clip import _clip_fused, _takes_plain, clip_grad_norm_
 
 
 @torch.no_grad()
@@ -34,38 +34,47 @@ def unscale_clip_grad_norm_(
 ) -> torch.Tensor:
     """``scaler.unscale_(optimizer)`` then ``clip_grad_norm_`` over its parameters, fused.
 
+    Gradients the kernels do not take (float64, non-dense strided, more than
+    one device, a norm type or max norm outside theirs: see
+    :func:`slimops.clip_grad_norm_`) get ``scaler.unscale_`` and then the clip,
+    unfused, with the same result.
+
     Args:
-        scaler: an enabled or disabled ``torch.amp.GradScaler``.
+        scaler: an enabled or disabled ``torch.amp.GradScaler``. Enabled, it must
+            have scaled a loss this iteration (as for ``scaler.unscale_``).
         optimizer: the optimizer whose parameters' gradients are unscaled and clipped.
         max_norm: the largest allowed norm of the unscaled gradients.
-        norm_type: p > 0, or ``inf``.
+        norm_type: any p ``torch.nn.utils.clip_grad_norm_`` takes.
 
     Returns:
         The total norm of the unscaled gradients.
     """
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    if not scaler.is_enabled():
+    if not scaler.is_enabled():  # scaler.unscale_ is a no-op: plain clipping
         return clip_grad_norm_(params, max_norm, norm_type)
     # NOTE: this drives GradScaler's bookkeeping the way its own unscale_ does
-    # (torch/amp/grad_scaler.py); keep it in step with torch.
+    # (torch/amp/grad_scaler.py), in its order; keep it in step with torch.
+    # First, torch's AssertionError for a scaler that has not scaled a loss (_scale is None).
+    scale, _ = scaler._check_scale_growth_tracker("unscale_")
+    grads = [g for g in [p.grad for p in params] if g is not None]
+    dtypes = {g.dtype for g in grads}
+    max_norm_f, norm_type_f = float(max_norm), float(norm_type)
+    if not (
+        _takes_plain(grads, dtypes, max_norm_f, norm_type_f)
+        and set(map(torch.Tensor.get_device, grads)) <= {scale.get_device()}
+    ):
+        scaler.unscale_(optimizer)
+        return clip_grad_norm_(params, max_norm, norm_type)
     state = scaler._per_optimizer_states[id(optimizer)]
     if state["stage"] is OptState.UNSCALED:
         raise RuntimeError("unscale_() has already been called on this optimizer since the last update().")
     if state["stage"] is OptState.STEPPED:
         raise RuntimeError("unscale_() is being called after step().")
-    grads = [p.grad for p in params if p.grad is not None]
-    if any(g.dtype == torch.float16 for g in grads):
+    if torch.float16 in dtypes:
         raise ValueError("Attempting to unscale FP16 gradients.")
-    scale = scaler._scale
     inv_scale = scale.double().reciprocal().float()  # fp64 reciprocal, as GradScaler does
     found_inf = torch.zeros((), dtype=torch.float32, device=scale.device)
-    devices = {g.device for g in grads}
-    if len(devices) > 1 or (devices and devices != {scale.device}):
-        raise ValueError(
-            "slimops.amp.unscale_clip_grad_norm_: gradients must all be on the scaler's device "
-            f"({scale.device}); got {sorted(map(str, devices))}. Use scaler.unscale_ for multi-device models."
-        )
-    total = clip_grad_norm_(params, max_norm, norm_type, inv_scale=inv_scale, found_inf=found_inf)
+    total = _clip_fused(grads, dtypes, max_norm_f, norm_type_f, inv_scale, found_inf) if grads else torch.tensor(0.0)
     state["found_inf_per_device"] = {scale.device: found_inf}
     state["stage"] = OptState.UNSCALED
     return total
