@@ -277,6 +277,12 @@ def test_untouched_weights_are_listed_without_noise():
     counts = {name: sum(p.numel() for p in m.parameters()) for name, m in Net().named_children()}
     want = (counts["embed"] + counts["conv"]) / sum(counts.values())
     assert model.slimops_summary.untouched_share == pytest.approx(want, rel=1e-9)
+    # Layers the user's filter left out are the user's choice: they do not count, nor warn.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        big = slimops.convert(nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 2)), slimops.Int8DynamicConfig(),
+                              filter_fn=lambda m, fqn: fqn == "1")  # fmt: skip
+    assert big.slimops_summary.untouched_share == 0 and set(big.slimops_summary.untouched) == {"0"}
     assert model.slimops_summary.untouched == {
         "embed": "Embedding: no handler in Int8DynamicConfig",
         "conv": "Conv2d: no handler in Int8DynamicConfig",

@@ -49,8 +49,9 @@ class ConversionSummary:
     # fqn -> the tie its conversion broke: a weight shared with another module (GPT-2's lm_head and
     # transformer.wte) is converted for this layer only; the other module keeps the float original.
     untied: dict[str, str] = dataclasses.field(default_factory=dict)
-    # The fraction of the model's parameter bytes (before conversion) that stay in ``untouched``
-    # modules; ``convert`` warns when it is over half, so a mostly float model is never taken
+    # The fraction of the model's parameter bytes (before conversion) held by ``untouched`` modules
+    # that no config has a handler for (those a filter or a map left out do not count: that was the
+    # user's choice); ``convert`` warns when it is over half, so a mostly float model is never taken
     # for a quantized one.
     untouched_share: float = 0.0
 
@@ -247,14 +248,19 @@ def _is_slimops(module: nn.Module) -> bool:
     return type(module).__module__.split(".")[0] == "slimops"
 
 
-def _untouched(model: nn.Module, configs: list[Config], summary: ConversionSummary, unselected: str) -> dict[str, str]:
+def _untouched(
+    model: nn.Module, configs: list[Config], summary: ConversionSummary, unselected: str
+) -> tuple[dict[str, str], list[str]]:
     """Modules holding >= 2-D float parameters that no config converted, skipped or already made slimops.
 
     Any parameter name counts: Mixture-of-Experts layers keep their experts as 3-D
     ``gate_up_proj`` / ``down_proj`` parameters, not as ``nn.Linear`` weights.
+
+    Returns ``({fqn: why}, [fqns no config has a handler for]``).
     """
     names = ", ".join(type(c).__name__ for c in configs)
     out: dict[str, str] = {}
+    unhandled: list[str] = []
     for fqn, module in model.named_modules():
         if fqn in summary.converted or fqn in summary.skipped or _is_slimops(module):
             continue
@@ -269,7 +275,9 @@ def _untouched(model: nn.Module, configs: list[Config], summary: ConversionSumma
         if not all(n.endswith("weight") for n, _ in held):  # name what is not a plain weight
             why += " (" + ", ".join(f"{n} {list(p.shape)}" for n, p in held) + ")"
         out[fqn] = why
-    return out
+        if not handled:
+            unhandled.append(fqn)
+    return out, unhandled
 
 
 def _bytes_of(model: nn.Module, fqns) -> dict[str, int]:
@@ -287,14 +295,16 @@ def _param_bytes(model: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())  # shared parameters once
 
 
-def _warn(model: nn.Module, summary: ConversionSummary, selected_nothing: list[str], filtered: bool) -> None:
+def _warn(
+    model: nn.Module, summary: ConversionSummary, unhandled: list[str], selected_nothing: list[str], filtered: bool
+) -> None:
     if summary.untouched_share > 0.5:
-        sizes = _bytes_of(model, summary.untouched)
+        sizes = _bytes_of(model, unhandled)
         biggest = sorted(sizes, key=sizes.get, reverse=True)
-        shown = ", ".join(f"{fqn} ({summary.untouched[fqn].split(':')[0]})" for fqn in biggest[:3])
+        shown = ", ".join(f"{fqn} ({type(model.get_submodule(fqn)).__name__})" for fqn in biggest[:3])
         warnings.warn(
             f"slimops.convert: {summary.untouched_share:.0%} of the model's parameter bytes stay as they were, in "
-            f"{len(biggest)} module(s) no config converted, the largest: {shown} (see slimops_summary.untouched)",
+            f"{len(biggest)} module(s) no config can convert, the largest: {shown} (see slimops_summary.untouched)",
             stacklevel=3,
         )
     if summary.untied:
@@ -378,10 +388,10 @@ def convert(
             if c is not None and fqn not in summary.converted and fqn not in summary.skipped:
                 kind = type(model.get_submodule(fqn)).__name__ if fqn else type(model).__name__
                 summary.skipped[fqn] = f"{kind}: {type(c).__name__} has no handler for it"
-    summary.untouched = _untouched(model, [c for c, _ in steps], summary, unselected)
-    summary.untouched_share = sum(_bytes_of(model, summary.untouched).values()) / max(bytes_before, 1)
+    summary.untouched, unhandled = _untouched(model, [c for c, _ in steps], summary, unselected)
+    summary.untouched_share = sum(_bytes_of(model, unhandled).values()) / max(bytes_before, 1)
     model.slimops_summary = summary
-    _warn(model, summary, selected_nothing, filter_fn is not None)
+    _warn(model, summary, unhandled, selected_nothing, filter_fn is not None)
     return model
 
 
