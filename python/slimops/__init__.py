@@ -19,9 +19,10 @@ from slimops import _build
 from slimops.backend import use_backend
 from slimops import amp  # noqa: F401  (slimops.amp.unscale_clip_grad_norm_)
 from slimops.clip import clip_grad_norm_, clip_grad_value_, install, uninstall
-from slimops.conversion import ConversionSummary, HalfConfig, convert
+from slimops.conversion import ConversionSummary, convert
 from slimops.quant import (
     Fp8DynamicConfig,
+    HalfConfig,
     Int8DynamicConfig,
     Int8StaticConfig,
     Int8WeightOnlyConfig,

@@ -9,13 +9,17 @@ it as it was. A module with no handler of its own that stands for a linear layer
 handler as an equivalent ``nn.Linear``. Conversion is all or nothing: each
 config's replacements are built before it touches the model, and any error
 puts back every module the call swapped.
+
+The swap engine is shared with :class:`slimops.prune.Pruner`: :func:`places` gives
+each distinct module with every name it has, :func:`swap_modules` puts one
+replacement at all of them (all or nothing), :func:`restore_modules` undoes it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -67,6 +71,16 @@ def register_handler(config_type: type[Config], module_type: type[nn.Module]):
         return fn
 
     return wrap
+
+
+def known_configs() -> list[type[Config]]:
+    """The public config types :func:`convert` takes: those with a registered handler, sorted by name.
+
+    Private ones (a ``_``-prefixed name, such as what :func:`slimops.prepare` hands to
+    ``convert``) are left out. Handlers register on import: ``import slimops`` registers
+    every built-in one.
+    """
+    return sorted((t for t in _HANDLERS if not t.__name__.startswith("_")), key=lambda t: t.__name__)
 
 
 def _handler_for(config: Config, module: nn.Module) -> tuple[Handler, str | None] | None:
@@ -127,15 +141,9 @@ def _plan(model: nn.Module, config: Config, filter_fn: FilterFn | None, summary:
     Returns ``[(names, replacement)]`` and whether any module had a handler and passed the filter.
     """
     holders = param_holders(model)
-    names_of: dict[int, list[str]] = {}
-    module_of: dict[int, nn.Module] = {}
-    for fqn, module in model.named_modules(remove_duplicate=False):
-        names_of.setdefault(id(module), []).append(fqn)
-        module_of[id(module)] = module
     planned: list[tuple[list[str], nn.Module]] = []
     candidates = 0
-    for key, names in names_of.items():
-        module = module_of[key]
+    for names, module in places(model):
         found = _handler_for(config, module)
         if found is None or (filter_fn is not None and not any(filter_fn(module, n) for n in names)):
             continue
@@ -216,7 +224,58 @@ def _fused_parent_reason(model: nn.Module, fqn: str, new: nn.Module) -> str | No
     return None
 
 
-def _swap(model: nn.Module, fqn: str, new: nn.Module) -> nn.Module:
+def places(model: nn.Module) -> list[tuple[list[str], nn.Module]]:
+    """Each distinct module of ``model``, once, with every name it has: ``[(names, module)]``.
+
+    A module used at several places (one object under several names: a layer applied
+    twice, a block shared by two parents) comes once, with all its names, so a swap can
+    put one replacement at every place (:func:`swap_modules`) and the places stay one
+    module. ``names[0]`` is the name ``model.named_modules()`` gives it; modules come in
+    that order. The model itself is named ``""``.
+
+    Args:
+        model: any ``nn.Module``.
+    """
+    found: dict[int, tuple[list[str], nn.Module]] = {}
+    for fqn, module in model.named_modules(remove_duplicate=False):
+        found.setdefault(id(module), ([], module))[0].append(fqn)
+    return list(found.values())
+
+
+def swap_modules(model: nn.Module, swaps: Iterable[tuple[Sequence[str], nn.Module]]) -> list[tuple[str, nn.Module]]:
+    """Put each replacement at every one of its names, in place, all or nothing.
+
+    Args:
+        model: the model, changed in place.
+        swaps: ``(names, new)`` pairs; ``new`` goes at each of ``names`` (give every name
+            :func:`places` lists for the module it replaces, so the places stay one module).
+
+    Returns ``[(name, old)]``, what each name held, in the order swapped: pass it to
+    :func:`restore_modules` to undo. If putting any module fails, those already put
+    are taken back and the error is raised. The model itself (``""``) has no parent to
+    hold a replacement: naming it raises ``ValueError``.
+    """
+    done: list[tuple[str, nn.Module]] = []
+    try:
+        for names, new in swaps:
+            for fqn in names:
+                done.append((fqn, _put(model, fqn, new)))
+    except BaseException:
+        restore_modules(model, done)
+        raise
+    return done
+
+
+def restore_modules(model: nn.Module, swapped: Sequence[tuple[str, nn.Module]]) -> None:
+    """Undo :func:`swap_modules`: put each ``(name, old)`` of ``swapped`` back, the last swapped first."""
+    for fqn, old in reversed(swapped):
+        _put(model, fqn, old)
+
+
+def _put(model: nn.Module, fqn: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` at ``fqn`` and return what was there."""
+    if not fqn:
+        raise ValueError("cannot replace the model itself (fqn ''): there is no parent to put the replacement in")
     parent_name, _, child = fqn.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     old = getattr(parent, child)
@@ -358,8 +417,9 @@ def convert(
         steps = [(c, filter_fn) for c in configs]
         unselected = "filter_fn did not select it"
     for c, _ in steps:
+        # Private configs (slimops.prepare's) are taken too, though known_configs() does not list them.
         if not isinstance(c, Config) or type(c) not in _HANDLERS:
-            known = ", ".join(sorted(t.__name__ for t in _HANDLERS if not t.__name__.startswith("_")))
+            known = ", ".join(t.__name__ for t in known_configs())
             raise TypeError(f"slimops.convert: config must be one of [{known}], got {type(c).__name__}")
     _check_model(model)
     if isinstance(config, Mapping):
@@ -373,15 +433,14 @@ def convert(
             planned, any_selected = _plan(model, c, select, summary)
             if not any_selected:
                 selected_nothing.append(type(c).__name__)
-            for names, new in planned:
-                for fqn in names:
-                    old = _swap(model, fqn, new)
-                    swapped.append((fqn, old))
-                    before = summary.converted.get(fqn, type(old).__name__)
-                    summary.converted[fqn] = f"{before} -> {type(new).__name__}"
+            done = swap_modules(model, planned)
+            swapped += done
+            for fqn, old in done:
+                new = model.get_submodule(fqn)
+                before = summary.converted.get(fqn, type(old).__name__)
+                summary.converted[fqn] = f"{before} -> {type(new).__name__}"
     except BaseException:
-        for fqn, old in reversed(swapped):  # leave the model exactly as it was
-            _swap(model, fqn, old)
+        restore_modules(model, swapped)  # leave the model exactly as it was
         raise
     if isinstance(config, Mapping):
         for fqn, c in config.items():
@@ -395,27 +454,11 @@ def convert(
     return model
 
 
-@dataclasses.dataclass
-class HalfConfig(Config):
-    """Run ``nn.Linear`` layers in float16 or bfloat16, weights stored in that dtype.
+def __getattr__(name: str):
+    # NOTE: HalfConfig lives in slimops.quant, beside the other quantization configs; it is
+    # still importable from here (quant imports this module, so the import is lazy).
+    if name == "HalfConfig":
+        from slimops.quant import HalfConfig
 
-    Sparse slimops layers it meets become dense :class:`HalfLinear` layers holding their
-    zeros (listed in ``slimops_summary.fallbacks``): to keep a sparse layer in half
-    precision, cast the model (``model.half()``) before pruning instead.
-
-    Args:
-        dtype: ``torch.float16`` or ``torch.bfloat16``.
-    """
-
-    dtype: torch.dtype = torch.bfloat16
-
-    def __post_init__(self):
-        if self.dtype not in (torch.float16, torch.bfloat16):
-            raise ValueError(f"HalfConfig: dtype must be torch.float16 or torch.bfloat16, got {self.dtype}")
-
-
-@register_handler(HalfConfig, nn.Linear)
-def _half_linear(module: nn.Linear, config: HalfConfig) -> nn.Module:
-    from slimops.nn import HalfLinear
-
-    return HalfLinear.from_float(module, config.dtype)
+        return HalfConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from slimops import _measure
-from slimops.conversion import _HANDLERS, Config, Unsupported, build_replacement, convert
+from slimops.conversion import Config, Unsupported, build_replacement, convert, known_configs
 from slimops.nn._convertible import linear_stand_in
 
 DENSE = "dense"
@@ -427,8 +427,8 @@ def _candidate_names(candidates) -> dict[str, Config]:
     for i, c in enumerate(candidates):
         if c is None or (isinstance(c, str) and c == DENSE):
             continue  # dense is always measured
-        if not isinstance(c, Config) or type(c) not in _HANDLERS:
-            known = ", ".join(sorted(t.__name__ for t in _HANDLERS if not t.__name__.startswith("_")))
+        if not isinstance(c, Config) or type(c) not in known_configs():
+            known = ", ".join(t.__name__ for t in known_configs())
             raise TypeError(f"slimops.plan: candidates[{i}] must be one of [{known}], got {type(c).__name__}")
         name = base = _short_name(c)
         n = 2

@@ -1,6 +1,6 @@
 """Quantization configs for ``slimops.convert``, calibration observers, and ``slimops.prepare``.
 
-Dynamic and weight-only schemes need nothing but the float model::
+Half precision, dynamic and weight-only schemes need nothing but the float model::
 
     slimops.convert(model, slimops.Int8DynamicConfig())
 
@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from slimops.conversion import Config, FilterFn, convert, register_handler
+from slimops.nn.half_linear import HalfLinear
 from slimops.nn.quantized import (
     Fp8DynamicLinear,
     Int8DynamicLinear,
@@ -182,6 +183,25 @@ class PercentileObserver(Observer):
 
 
 @dataclasses.dataclass
+class HalfConfig(Config):
+    """Run ``nn.Linear`` layers in float16 or bfloat16, weights stored in that dtype.
+
+    Sparse slimops layers it meets become dense :class:`HalfLinear` layers holding their
+    zeros (listed in ``slimops_summary.fallbacks``): to keep a sparse layer in half
+    precision, cast the model (``model.half()``) before pruning instead.
+
+    Args:
+        dtype: ``torch.float16`` or ``torch.bfloat16``.
+    """
+
+    dtype: torch.dtype = torch.bfloat16
+
+    def __post_init__(self):
+        if self.dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"HalfConfig: dtype must be torch.float16 or torch.bfloat16, got {self.dtype}")
+
+
+@dataclasses.dataclass
 class Int8DynamicConfig(Config):
     """W8A8 int8: per-channel symmetric weights, per-token dynamic activations (:class:`Int8DynamicLinear`)."""
 
@@ -236,6 +256,11 @@ class _PrepareInt8Static(Config):
     config: Int8StaticConfig
 
 
+@register_handler(HalfConfig, nn.Linear)
+def _half_linear(module: nn.Linear, config: HalfConfig) -> nn.Module:
+    return HalfLinear.from_float(module, config.dtype)
+
+
 @register_handler(Int8DynamicConfig, nn.Linear)
 def _int8_dynamic(module: nn.Linear, config: Int8DynamicConfig) -> nn.Module:
     return Int8DynamicLinear.from_float(module)
@@ -282,6 +307,7 @@ def prepare(model: nn.Module, config: Int8StaticConfig, filter_fn: FilterFn | No
 
 __all__ = [
     "Fp8DynamicConfig",
+    "HalfConfig",
     "Int8DynamicConfig",
     "Int8StaticConfig",
     "Int8WeightOnlyConfig",

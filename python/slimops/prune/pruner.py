@@ -10,7 +10,7 @@ import warnings
 import torch
 from torch import nn
 
-from slimops.conversion import FilterFn, Unsupported, param_holders, tied_elsewhere
+from slimops.conversion import FilterFn, Unsupported, param_holders, places, swap_modules, tied_elsewhere
 from slimops.nn._convertible import _is_hf_conv1d, check_convertible_linear
 from slimops.nn.sparse import BLOCK_SIZES, MaskedConv2d, MaskedLinear, check_linear
 from slimops.prune.channels import (
@@ -65,8 +65,11 @@ class Pruner:
     Layers left as they were, with the reason in :attr:`skipped`: those that cannot take
     the pattern (shape; for channels, no clear consumer, or a ``Conv1D``), those whose
     weight is tied to another module's (GPT-2's ``lm_head`` shares the input embedding:
-    pruning it would zero the embedding too), and, for gradient criteria, frozen ones
-    (``requires_grad=False``: no gradient to score them by).
+    pruning it would zero the embedding too), for gradient criteria, frozen ones
+    (``requires_grad=False``: no gradient to score them by), and the model itself when it
+    is one layer (no parent to hold the masked layer: prune ``nn.Sequential(layer)``).
+    A layer used at several places is masked once, under its first name, and the masked
+    (then packed) layer is put at every place.
     """
 
     def __init__(
@@ -109,16 +112,18 @@ class Pruner:
         self._final_stats: dict[str, LayerSparsity] = {}
 
         # A layer used at several places (one object, several names) is masked once and the
-        # masked layer put at every place, so the places stay one layer.
-        first_name = {id(m): fqn for fqn, m in model.named_modules()}  # named_modules keeps the first name
-        self._aliases: dict[str, list[str]] = {}
-        for fqn, m in model.named_modules(remove_duplicate=False):
-            if fqn != first_name[id(m)]:
-                self._aliases.setdefault(first_name[id(m)], []).append(fqn)
-        planned: list[tuple[str, nn.Module]] = []
+        # masked layer put at every place, so the places stay one layer; it is known by its
+        # first name (the one named_modules gives), which is the one filter_fn sees.
+        self._names: dict[str, list[str]] = {}  # first name -> every name of the layer
+        planned: list[tuple[list[str], nn.Module]] = []
         holders = param_holders(model)
-        for fqn, m in model.named_modules():
+        for names, m in places(model):
+            fqn = names[0]
             if not _is_prunable_kind(m) or (filter_fn is not None and not filter_fn(m, fqn)):
+                continue
+            if fqn == "":
+                # No parent to hold the masked layer (convert leaves the model itself alone too).
+                self.skipped[fqn] = "the model itself: prune a model that holds it (e.g. nn.Sequential(layer))"
                 continue
             try:
                 _check_prunable(m)
@@ -129,7 +134,7 @@ class Pruner:
             if why is not None:
                 self.skipped[fqn] = why
                 continue
-            planned.append((fqn, m))
+            planned.append((names, m))
         if self.skipped:
             warnings.warn(
                 f"Pruner leaves {len(self.skipped)} layer(s) dense: "
@@ -138,10 +143,14 @@ class Pruner:
             )
         if not planned:
             warnings.warn("Pruner selected no layer", stacklevel=2)
-        for fqn, m in planned:
-            masked = MaskedConv2d.from_float(m) if isinstance(m, nn.Conv2d) else MaskedLinear.from_float(m)
-            self._put(fqn, masked)
-            self.layers[fqn] = masked
+        masked = [
+            (names, MaskedConv2d.from_float(m) if isinstance(m, nn.Conv2d) else MaskedLinear.from_float(m))
+            for names, m in planned
+        ]
+        swap_modules(model, masked)
+        for names, layer in masked:
+            self._names[names[0]] = names
+            self.layers[names[0]] = layer
         # fqns of the layers a backward pass reached since the last step. The hooks only note
         # it: the gradient is read from .grad in step(), once the optimizer step (and a
         # GradScaler's unscaling) is done. A set, not the Pruner, so the hooks keep no Pruner alive.
@@ -172,8 +181,7 @@ class Pruner:
 
     def _put(self, fqn: str, module: nn.Module) -> None:
         """Put ``module`` at ``fqn`` and at every other name the layer there has."""
-        for name in [fqn, *self._aliases.get(fqn, [])]:
-            _set_submodule(self.model, name, module)
+        swap_modules(self.model, [(self._names[fqn], module)])
 
     def _check_live(self) -> None:
         if self.forms is not None:
@@ -295,11 +303,12 @@ class Pruner:
         self._reached.clear()
         masks: dict[str, torch.Tensor] = {}
         stats: dict[str, LayerSparsity] = {}
+        plain: list[tuple[list[str], nn.Module]] = []
         for fqn, layer in self.layers.items():
             stats[fqn] = LayerSparsity(_shape(layer), layer.mask.numel(), int((~layer.mask).sum()))
             masks[fqn] = layer.out_first(layer.mask).clone()  # [out, in], as the plain layer's weight
-            plain = layer.to_linear() if isinstance(layer, MaskedLinear) else layer.to_conv()
-            self._put(fqn, plain)
+            plain.append((self._names[fqn], layer.to_linear() if isinstance(layer, MaskedLinear) else layer.to_conv()))
+        swap_modules(self.model, plain)
         forms: dict[str, str] = {}
         if isinstance(self.pattern, Channel):
             for fqn in self.layers:
@@ -383,9 +392,3 @@ def _check_prunable(layer: nn.Module) -> None:
             raise Unsupported(f"weight dtype {layer.weight.dtype} is not floating point")
         return
     check_linear(layer)
-
-
-def _set_submodule(model: nn.Module, fqn: str, new: nn.Module) -> None:
-    parent_fqn, _, child = fqn.rpartition(".")
-    parent = model.get_submodule(parent_fqn) if parent_fqn else model
-    setattr(parent, child, new)
