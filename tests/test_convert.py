@@ -394,3 +394,39 @@ def test_a_layer_map_naming_missing_or_unhandled_modules():
         slimops.convert(model, {"2": config, "1": config})  # model[1] is a LayerNorm
     assert type(model[2]).__name__ == "Int8WeightOnlyLinear"
     assert "LayerNorm: Int8WeightOnlyConfig has no handler" in model.slimops_summary.skipped["1"]
+
+
+# --------------------------------------------------------------------------- the swap engine (shared with the Pruner)
+
+
+def test_places_swap_and_restore_keep_shared_modules_one_and_roll_back():
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(shared, nn.ReLU(), shared, nn.Linear(4, 2))
+    found = {tuple(names): m for names, m in slimops.conversion.places(model)}
+    assert found[("0", "2")] is shared and ("",) in found
+    new = nn.Linear(4, 4)
+    done = slimops.conversion.swap_modules(model, [(["0", "2"], new)])
+    assert model[0] is new and model[2] is new and [n for n, _ in done] == ["0", "2"]
+    slimops.conversion.restore_modules(model, done)
+    assert model[0] is shared and model[2] is shared
+    # All or nothing: a bad name takes back what was already put.
+    with pytest.raises(AttributeError):
+        slimops.conversion.swap_modules(model, [(["0"], new), (["9.nope"], new)])
+    assert model[0] is shared
+    with pytest.raises(ValueError, match="cannot replace the model itself"):
+        slimops.conversion.swap_modules(model, [([""], new)])
+
+
+def test_known_configs_lists_the_public_configs_only():
+    names = [t.__name__ for t in slimops.conversion.known_configs()]
+    assert {"HalfConfig", "Int8DynamicConfig", "Int8StaticConfig", "Int8WeightOnlyConfig", "Fp8DynamicConfig",
+            "SparseConfig"} <= set(names)  # fmt: skip
+    assert names == sorted(names) and not any(n.startswith("_") for n in names)
+    assert slimops.HalfConfig is slimops.quant.HalfConfig is HalfConfig
+
+
+def test_pruner_on_a_bare_layer_skips_it_with_the_reason():
+    layer = nn.Linear(16, 16)
+    with pytest.warns(UserWarning):
+        pruner = slimops.prune.Pruner(layer)
+    assert "the model itself" in pruner.skipped[""] and not pruner.layers
