@@ -11,6 +11,7 @@ namespace slimops {
 namespace {
 
 std::atomic<GpuBackend> g_default{GpuBackend::Auto};
+std::atomic<bool> g_triton_on_cpu{false};
 thread_local GpuBackend t_override = GpuBackend::Unset;
 
 }  // namespace
@@ -27,6 +28,14 @@ OpBackend& op_backend(const std::string& op) {
 void set_default_backend(GpuBackend b) { g_default.store(b); }
 GpuBackend thread_backend() { return t_override; }
 void set_thread_backend(GpuBackend b) { t_override = b; }
+
+void set_triton_on_cpu(bool on) { g_triton_on_cpu.store(on); }
+
+bool cpu_runs_triton(const OpBackend& op) {
+  if (!g_triton_on_cpu.load(std::memory_order_relaxed)) return false;  // the common case: one load
+  const GpuBackend forced = t_override == GpuBackend::Unset ? g_default.load() : t_override;
+  return forced == GpuBackend::Triton && op.triton.load() != nullptr;
+}
 
 GpuBackend choose(const OpBackend& op, int64_t size, bool have_cuda) {
   const GpuBackend forced = t_override == GpuBackend::Unset ? g_default.load() : t_override;

@@ -1,11 +1,15 @@
-// GPU backend choice (CUDA C++ or Triton), made in C++ so that the common
-// path, an op whose rule picks CUDA C++, never enters Python.
+// GPU backend choice (CUDA C++ or Triton), made in C++ by the op table
+// (csrc/ops.cpp) so that the common path, an op whose rule picks CUDA C++,
+// never enters Python.
 //
-// State, set from python/slimops/backend.py:
+// State, set from python/slimops/backend.py and python/slimops/ops/_triton.py:
 //   process default  SLIMOPS_BACKEND, read once at import;
 //   thread override  slimops.use_backend(...), saved and restored around a block;
-//   per op           the rule (Triton for problem sizes >= a threshold) and the
-//                    Triton launcher from kernels/, called with the GIL held.
+//   per op           the rule (Triton for problem sizes >= a threshold; its
+//                    default is in the op table) and the Triton launcher from
+//                    kernels/, called with the GIL held;
+//   triton on CPU    whether the launchers also take CPU tensors (Triton's
+//                    interpreter, TRITON_INTERPRET=1: the tests' CPU GPU-stand-in).
 #pragma once
 
 #include <Python.h>
@@ -16,6 +20,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <vector>
 
 namespace slimops {
 
@@ -42,13 +47,25 @@ void set_thread_backend(GpuBackend b);
 // Errors, naming the op, when a forced backend is not available.
 GpuBackend choose(const OpBackend& op, int64_t size, bool have_cuda);
 
+// On CPU tensors the C++ kernel runs, unless Triton is forced (use_backend or
+// SLIMOPS_BACKEND), the op has a launcher and the launchers take CPU tensors.
+void set_triton_on_cpu(bool on);
+bool cpu_runs_triton(const OpBackend& op);
+
+// A kernel argument as the Triton launchers take it: Python lists, not ArrayRef.
+template <typename T>
+const T& py_arg(const T& v) {
+  return v;
+}
+inline std::vector<at::Tensor> py_arg(at::TensorList v) { return v.vec(); }
+
 // Calls the Triton launcher registered for `op` with the GIL held.
 template <typename Ret, typename... Args>
 Ret call_triton(const OpBackend& op, const Args&... args) {
   pybind11::gil_scoped_acquire gil;
   PyObject* fn = op.triton.load();
   TORCH_CHECK(fn != nullptr, "slimops.", op.name, ": no Triton implementation is registered");
-  return pybind11::reinterpret_borrow<pybind11::object>(fn)(args...).template cast<Ret>();
+  return pybind11::reinterpret_borrow<pybind11::object>(fn)(py_arg(args)...).template cast<Ret>();
 }
 
 }  // namespace slimops

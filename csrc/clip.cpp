@@ -34,4 +34,46 @@ void validate_scalar_tensor(const at::Tensor& t, const char* name, const at::Dev
   SLIMOPS_CHECK(t.device() == device, op, name, " must be on ", device, " with the tensors, got ", t.device());
 }
 
+namespace {
+
+int64_t total_numel(at::TensorList tensors) {
+  int64_t n = 0;
+  for (const at::Tensor& t : tensors) n += t.numel();
+  return n;
+}
+
+}  // namespace
+
+int64_t validate_multi_tensor_norm(at::TensorList tensors, double norm_type, bool /*root*/) {
+  const char* op = "multi_tensor_norm";
+  validate_multi_tensor(tensors, op);
+  validate_norm_type(norm_type, op);
+  return total_numel(tensors);
+}
+
+int64_t validate_multi_tensor_scale_(at::TensorList tensors, const at::Tensor& total_norm, double max_norm) {
+  const char* op = "multi_tensor_scale_";
+  validate_multi_tensor(tensors, op);
+  validate_max_norm(max_norm, op);
+  if (tensors.empty()) return 0;  // nothing to scale: total_norm is never read
+  validate_scalar_tensor(total_norm, "total_norm", tensors[0].device(), op);
+  return total_numel(tensors);
+}
+
+int64_t validate_clip_grad_norm_fused_(at::TensorList grads, double max_norm, double norm_type,
+                                       const std::optional<at::Tensor>& inv_scale,
+                                       const std::optional<at::Tensor>& found_inf) {
+  const char* op = "clip_grad_norm_fused_";
+  validate_multi_tensor(grads, op);
+  validate_max_norm(max_norm, op);
+  validate_norm_type(norm_type, op);
+  // An empty list has no device: the scalars are taken as they are (the reference's CPU zero is returned).
+  if (!grads.empty()) {
+    const at::Device device = grads[0].device();
+    if (inv_scale.has_value()) validate_scalar_tensor(*inv_scale, "inv_scale", device, op);
+    if (found_inf.has_value()) validate_scalar_tensor(*found_inf, "found_inf", device, op);
+  }
+  return total_numel(grads);
+}
+
 }  // namespace slimops

@@ -2,14 +2,14 @@
 //   int8_dynamic_linear = quantize_per_token -> int8_mm (scales and bias in its epilogue)
 //   fp8_dynamic_linear  = quantize_fp8_per_row -> torch._scaled_mm (cuBLAS rowwise fp8)
 //
-// Registered as CompositeExplicitAutograd so that each op stays one node under
-// torch.compile (its fake is in python/slimops/ops/quant_mm.py) and runs here,
-// in C++, eagerly: the two launches cost no Python.
+// Registered (by the op table, csrc/ops.cpp) as CompositeExplicitAutograd so that
+// each op stays one node under torch.compile (its fake is in
+// python/slimops/ops/quant_mm.py) and runs here, in C++, eagerly: the two
+// launches cost no Python. The table checks the arguments first
+// (validate_*_dynamic_linear); the inner ops check their own.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/_scaled_mm.h>
 #include <ATen/ops/empty.h>
-#include <torch/library.h>
-
 #include <vector>
 
 #include "quant_mm.h"
@@ -52,9 +52,30 @@ int64_t validate_dynamic_linear(const at::Tensor& x, const at::Tensor& weight, c
   return n;
 }
 
+}  // namespace
+
+int64_t validate_int8_dynamic_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
+                                     const std::optional<at::Tensor>& bias) {
+  validate_dynamic_linear(x, weight, weight_scale, bias, at::kChar, "int8_dynamic_linear");
+  return 0;
+}
+
+int64_t validate_fp8_dynamic_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
+                                    const std::optional<at::Tensor>& bias) {
+  const char* op = "fp8_dynamic_linear";
+  const int64_t n = validate_dynamic_linear(x, weight, weight_scale, bias, at::kFloat8_e4m3fn, op);
+  const int64_t k = x.size(-1);
+  // cuBLAS fp8 GEMMs need 16-byte aligned rows of both operands and of the output.
+  SLIMOPS_CHECK(k % 16 == 0, op, "x's K = ", k,
+                " must be a multiple of 16 (fp8 GEMM alignment); Fp8DynamicLinear pads the weight for you");
+  SLIMOPS_CHECK(n % 16 == 0, op, "weight's out_features N = ", n,
+                " must be a multiple of 16 (fp8 GEMM alignment); Fp8DynamicLinear pads the weight for you");
+  return 0;
+}
+
 at::Tensor int8_dynamic_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
                                const std::optional<at::Tensor>& bias) {
-  const int64_t n = validate_dynamic_linear(x, weight, weight_scale, bias, at::kChar, "int8_dynamic_linear");
+  const int64_t n = weight.size(0);
   static const auto quantize = c10::Dispatcher::singleton()
                                    .findSchemaOrThrow("slimops::quantize_per_token", "")
                                    .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&)>();
@@ -70,14 +91,7 @@ at::Tensor int8_dynamic_linear(const at::Tensor& x, const at::Tensor& weight, co
 
 at::Tensor fp8_dynamic_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
                               const std::optional<at::Tensor>& bias) {
-  const char* op = "fp8_dynamic_linear";
-  const int64_t n = validate_dynamic_linear(x, weight, weight_scale, bias, at::kFloat8_e4m3fn, op);
-  const int64_t k = x.size(-1);
-  // cuBLAS fp8 GEMMs need 16-byte aligned rows of both operands and of the output.
-  SLIMOPS_CHECK(k % 16 == 0, op, "x's K = ", k,
-                " must be a multiple of 16 (fp8 GEMM alignment); Fp8DynamicLinear pads the weight for you");
-  SLIMOPS_CHECK(n % 16 == 0, op, "weight's out_features N = ", n,
-                " must be a multiple of 16 (fp8 GEMM alignment); Fp8DynamicLinear pads the weight for you");
+  const int64_t n = weight.size(0), k = x.size(-1);
   static const auto quantize = c10::Dispatcher::singleton()
                                    .findSchemaOrThrow("slimops::quantize_fp8_per_row", "")
                                    .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&)>();
@@ -90,13 +104,6 @@ at::Tensor fp8_dynamic_linear(const at::Tensor& x, const at::Tensor& weight, con
   at::Tensor out = at::_scaled_mm(q.reshape({-1, k}), weight.contiguous().t(), s.reshape({-1, 1}), weight_scale.reshape({1, n}),
                                   bias_bf16, /*scale_result=*/std::nullopt, at::kBFloat16, /*use_fast_accum=*/false);
   return out.to(x.scalar_type()).reshape(linear_out_shape(x, n));
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(slimops, CompositeExplicitAutograd, m) {
-  m.impl("int8_dynamic_linear", &int8_dynamic_linear);
-  m.impl("fp8_dynamic_linear", &fp8_dynamic_linear);
 }
 
 }  // namespace slimops

@@ -1,6 +1,5 @@
-// Argument validation of the quantized matmul family, shared by the CPU and
-// CUDA launchers. See quant_mm.h; python/slimops/ops/_checks_quant_mm.py says
-// the same things in the same words for the fakes and the Triton launchers.
+// Argument validation of the quantized matmul family: run once per call by the
+// op table (csrc/ops.cpp) before any backend, CPU, CUDA C++ or Triton. See quant_mm.h.
 #include "quant_mm.h"
 
 #include "quantize.h"

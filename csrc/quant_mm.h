@@ -1,8 +1,10 @@
-// Quantized matmul family: argument validation and launcher declarations.
+// Quantized matmul family: argument validation and kernel declarations.
 //
 // Semantics are defined by python/slimops/reference/quant_mm.py. Weights use
 // the nn.Linear layout [N, K] (out_features, in_features): y = x W^T.
-// The validate_* functions mirror python/slimops/ops/_checks_quant_mm.py.
+// The validate_* functions are the only checks of an op's arguments: the op
+// table (csrc/ops.cpp) runs them once per call, and the fakes call them
+// through slimops._C on fake tensors with concrete sizes.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -18,13 +20,6 @@ namespace slimops {
 // the int32 accumulator on any backend.
 constexpr int64_t kInt8MaxK = (int64_t{1} << 17) - 1;
 
-struct MatmulGeometry {
-  int64_t m = 0;       // rows of the activation (product of its leading dims)
-  int64_t n = 0;       // out_features
-  int64_t k = 0;       // in_features
-  int64_t groups = 1;  // weight scales per output row (weight_int8_linear); group_size = k / groups
-};
-
 // int8_mm: a int8 [M, K], b int8 [N, K], a_scale fp32 [M] or [M, 1], b_scale
 // fp32 [N] or [N, 1], bias float [N] or none, out_dtype float32/float16/bfloat16.
 MatmulGeometry validate_int8_mm(const at::Tensor& a, const at::Tensor& b, const at::Tensor& a_scale,
@@ -38,6 +33,19 @@ MatmulGeometry validate_weight_int8_linear(const at::Tensor& x, const at::Tensor
 
 // quantize_fp8_per_row: x float [..., K]. Returns {rows, K}.
 std::tuple<int64_t, int64_t> validate_quantize_fp8_per_row(const at::Tensor& x);
+
+// int8_dynamic_linear / fp8_dynamic_linear: x float [..., K], weight [N, K] int8 (resp.
+// float8_e4m3fn, with K and N multiples of 16), weight_scale fp32 [N] or [N, 1], bias float [N] or none.
+int64_t validate_int8_dynamic_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
+                                     const std::optional<at::Tensor>& bias);
+int64_t validate_fp8_dynamic_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
+                                    const std::optional<at::Tensor>& bias);
+
+// ---------------------------------------------------------------- every device (csrc/quant_linear.cpp)
+at::Tensor int8_dynamic_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
+                               const std::optional<at::Tensor>& bias);
+at::Tensor fp8_dynamic_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& weight_scale,
+                              const std::optional<at::Tensor>& bias);
 
 // ---------------------------------------------------------------- CPU
 at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& a_scale,

@@ -1,5 +1,5 @@
-// Argument validation for the int8 quantize / dequantize family, shared by the
-// CPU and CUDA launchers. See quantize.h.
+// Argument validation for the int8 quantize / dequantize family, run once per
+// call by the op table (csrc/ops.cpp) before any backend. See quantize.h.
 #include "quantize.h"
 
 namespace slimops {
@@ -19,13 +19,37 @@ ChannelGeometry validate_quantize_per_channel(const at::Tensor& x, int64_t axis)
   SLIMOPS_CHECK(x.dim() >= 1, op, "x must have at least 1 dimension, got a 0-d tensor");
   SLIMOPS_CHECK(axis >= -x.dim() && axis < x.dim(), op, "axis must be in [", -x.dim(), ", ", x.dim(), ") for x of shape ",
                 x.sizes(), ", got ", axis);
+  const ChannelGeometry g = channel_geometry(x, axis);
+  SLIMOPS_CHECK(g.channels == 0 || g.outer * g.inner > 0, op,
+                "x must have at least one element per channel, got shape ", x.sizes(), " with axis ", axis);
+  return g;
+}
+
+ChannelGeometry channel_geometry(const at::Tensor& x, int64_t axis) {
   const int64_t a = axis < 0 ? axis + x.dim() : axis;
   ChannelGeometry g;
   g.outer = c10::multiply_integers(x.sizes().slice(0, a));
   g.channels = x.size(a);
   g.inner = c10::multiply_integers(x.sizes().slice(a + 1));
-  SLIMOPS_CHECK(g.channels == 0 || g.outer * g.inner > 0, op,
-                "x must have at least one element per channel, got shape ", x.sizes(), " with axis ", axis);
+  return g;
+}
+
+ChannelGeometry dequantize_geometry(const at::Tensor& q, const at::Tensor& scale) {
+  int64_t first = -1, last = -1;
+  for (int64_t d = 0; d < q.dim(); ++d) {
+    if (scale.size(d) != 1) {
+      if (first < 0) first = d;
+      last = d;
+    }
+  }
+  ChannelGeometry g;
+  if (first < 0) {
+    g.inner = q.numel();
+  } else {
+    g.outer = c10::multiply_integers(q.sizes().slice(0, first));
+    g.channels = c10::multiply_integers(q.sizes().slice(first, last + 1 - first));
+    g.inner = c10::multiply_integers(q.sizes().slice(last + 1));
+  }
   return g;
 }
 
@@ -55,19 +79,11 @@ ChannelGeometry validate_dequantize(const at::Tensor& q, const at::Tensor& scale
       last = d;
     }
   }
-  ChannelGeometry g;
-  if (first < 0) {
-    g.inner = q.numel();
-  } else {
-    for (int64_t d = first; d <= last; ++d) {
-      SLIMOPS_CHECK(scale.size(d) == q.size(d), op,
-                    "scale must vary along one contiguous run of dims (per-tensor, per-token or per-channel), got scale "
-                    "shape ",
-                    scale.sizes(), " for q of shape ", q.sizes());
-    }
-    g.outer = c10::multiply_integers(q.sizes().slice(0, first));
-    g.channels = c10::multiply_integers(q.sizes().slice(first, last + 1 - first));
-    g.inner = c10::multiply_integers(q.sizes().slice(last + 1));
+  for (int64_t d = first; first >= 0 && d <= last; ++d) {
+    SLIMOPS_CHECK(scale.size(d) == q.size(d), op,
+                  "scale must vary along one contiguous run of dims (per-tensor, per-token or per-channel), got scale "
+                  "shape ",
+                  scale.sizes(), " for q of shape ", q.sizes());
   }
   if (zero_point.has_value()) {
     check_dtype(*zero_point, at::kInt, op, "zero_point");
@@ -75,7 +91,7 @@ ChannelGeometry validate_dequantize(const at::Tensor& q, const at::Tensor& scale
     SLIMOPS_CHECK(zero_point->sizes() == scale.sizes(), op, "zero_point must have the shape of scale ", scale.sizes(),
                   ", got ", zero_point->sizes());
   }
-  return g;
+  return dequantize_geometry(q, scale);
 }
 
 }  // namespace slimops

@@ -1,9 +1,10 @@
 // int8 quantize / dequantize: argument validation and launcher declarations.
 //
 // Semantics are defined by python/slimops/reference/quantize.py; every backend
-// must match it bit for bit. Both the CPU launchers (csrc/cpu/quantize.cpp) and
-// the CUDA launchers (csrc/cuda/quantize.cu) call the validate_* functions
-// below before touching data, then work on the geometry they return.
+// must match it bit for bit. The validate_* functions below are the only checks
+// of an op's arguments: the op table (csrc/ops.cpp) runs them once per call,
+// before any backend; the kernels (CPU, CUDA C++, Triton) trust them and take
+// the geometry from the unchecked *_geometry functions.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -36,6 +37,11 @@ ChannelGeometry validate_quantize_per_channel(const at::Tensor& x, int64_t axis)
 // or q's size, the non-1 dims contiguous), zero_point int32 shaped like scale.
 ChannelGeometry validate_dequantize(const at::Tensor& q, const at::Tensor& scale,
                                     const std::optional<at::Tensor>& zero_point, c10::ScalarType out_dtype);
+
+// The [outer, channels, inner] view of x around `axis` (already validated). No checks.
+ChannelGeometry channel_geometry(const at::Tensor& x, int64_t axis);
+// The [outer, channels, inner] view of q that a keepdim scale (already validated) varies along. No checks.
+ChannelGeometry dequantize_geometry(const at::Tensor& q, const at::Tensor& scale);
 
 // Shape of the keepdim scale for a per-channel quantization along `axis`.
 std::vector<int64_t> channel_scale_shape(const at::Tensor& x, int64_t axis);

@@ -1,6 +1,7 @@
 // Validation of the masked and block-sparse linears, and block_sparse_pack,
 // which is built from ATen ops so that it runs on every device (it runs once
-// per weight, when a model is converted).
+// per weight, when a model is converted; the op table registers it as
+// CompositeExplicitAutograd).
 #include "sparse.h"
 
 #include <ATen/TensorIndexing.h>
@@ -8,7 +9,6 @@
 #include <ATen/ops/cumsum.h>
 #include <ATen/ops/nonzero.h>
 #include <ATen/ops/zeros.h>
-#include <torch/library.h>
 
 namespace slimops {
 namespace {
@@ -36,8 +36,6 @@ void check_mask(const at::Tensor& mask, at::IntArrayRef weight_shape, const at::
                 mask.sizes());
   check_same_device(like, mask, op, like_name, "mask");
 }
-
-int64_t leading_rows(const at::Tensor& t) { return c10::multiply_integers(t.sizes().slice(0, t.dim() - 1)); }
 
 }  // namespace
 
@@ -130,13 +128,10 @@ MatmulGeometry validate_block_sparse_linear(const at::Tensor& x, const at::Tenso
   return {leading_rows(x), n, k, 1};
 }
 
-namespace {
-
 // Device-agnostic: the same ATen ops as the reference, so CPU and CUDA weights pack alike.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_pack(const at::Tensor& weight,
                                                                  const std::optional<at::Tensor>& mask,
                                                                  int64_t block_n, int64_t block_k) {
-  validate_block_sparse_pack(weight, mask, block_n, block_k);
   const int64_t n = weight.size(0), k = weight.size(1), rows = n / block_n, cols = k / block_k;
   const at::Tensor keep = mask.has_value() ? *mask : weight.ne(0);
   const at::Tensor w = mask.has_value() ? weight.mul(mask->to(weight.scalar_type())) : weight;
@@ -149,9 +144,5 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_pack(const at::Tenso
   row_ptr.narrow(0, 1, rows).copy_(at::cumsum(kept.sum(1), 0));
   return {values, row_ptr, c.to(at::kInt).contiguous()};
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(slimops, CompositeExplicitAutograd, m) { m.impl("block_sparse_pack", &block_sparse_pack); }
 
 }  // namespace slimops

@@ -1,7 +1,8 @@
-// Masked and block-sparse linears: argument validation and launcher declarations.
+// Masked and block-sparse linears: argument validation and kernel declarations.
 //
-// Semantics: python/slimops/reference/sparse.py. The validate_* functions
-// mirror python/slimops/ops/_checks_sparse.py message for message.
+// Semantics: python/slimops/reference/sparse.py. The validate_* functions are
+// the only checks of an op's arguments: the op table (csrc/ops.cpp) runs them
+// once per call, before any backend (CPU here; Triton in kernels/ on a GPU).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -10,7 +11,6 @@
 #include <tuple>
 
 #include "checks.h"
-#include "quant_mm.h"  // MatmulGeometry
 
 namespace slimops {
 
@@ -23,5 +23,18 @@ void validate_block_sparse_pack(const at::Tensor& weight, const std::optional<at
                                 int64_t block_k);
 MatmulGeometry validate_block_sparse_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
                                             const at::Tensor& col_idx, const std::optional<at::Tensor>& bias);
+
+// ---------------------------------------------------------------- every device (csrc/sparse.cpp)
+std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_pack(const at::Tensor& weight,
+                                                                 const std::optional<at::Tensor>& mask,
+                                                                 int64_t block_n, int64_t block_k);
+
+// ---------------------------------------------------------------- CPU (csrc/cpu/sparse.cpp)
+at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
+                             const std::optional<at::Tensor>& bias);
+at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& mask);
+at::Tensor masked_linear_grad_weight_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mask);
+at::Tensor block_sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
+                                   const at::Tensor& col_idx, const std::optional<at::Tensor>& bias);
 
 }  // namespace slimops

@@ -1,8 +1,8 @@
 // 2:4 semi-structured sparsity: validation and sparse24_compress.
 //
 // sparse24_compress is built from ATen ops so that it runs on every device
-// (it runs once per weight, when a model is converted); it is registered as
-// CompositeExplicitAutograd, one node under torch.compile with its fake in
+// (it runs once per weight, when a model is converted); the op table registers
+// it as CompositeExplicitAutograd, one node under torch.compile with its fake in
 // python/slimops/ops/sparse24.py. Whether a weight is 2:4 depends on its
 // values, so compress reads them back (a GPU synchronizes once per weight).
 #include "sparse24.h"
@@ -11,7 +11,6 @@
 #include <ATen/ops/arange.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/full.h>
-#include <torch/library.h>
 
 #include <array>
 #include <cstdint>
@@ -94,9 +93,10 @@ at::Tensor table_on(const std::array<uint8_t, 16>& t, const at::Device& device) 
   return at::from_blob(const_cast<uint8_t*>(t.data()), {16}, at::TensorOptions().dtype(at::kByte)).to(device);
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> sparse24_compress(const at::Tensor& weight) {
   const char* op = "sparse24_compress";
-  validate_sparse24_compress(weight);
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel: no graph for its inner ops
   const int64_t n = weight.size(0), k = weight.size(1), groups = k / 4;
   const auto byte_opts = weight.options().dtype(at::kByte);
@@ -125,9 +125,5 @@ std::tuple<at::Tensor, at::Tensor> sparse24_compress(const at::Tensor& weight) {
   at::Tensor meta = nib.select(2, 0).bitwise_or(nib.select(2, 1).bitwise_left_shift(4)).contiguous();
   return {values, meta};
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(slimops, CompositeExplicitAutograd, m) { m.impl("sparse24_compress", &sparse24_compress); }
 
 }  // namespace slimops

@@ -10,13 +10,14 @@
 // So every group of 4 inputs has one nibble, first position in its low 2 bits:
 // the per-group code of the PTX sparse-MMA metadata, in the same order.
 //
-// The validate_* functions mirror python/slimops/ops/sparse24.py
-// message for message.
+// The validate_* functions are the only checks of an op's arguments: the op
+// table (csrc/ops.cpp) runs them once per call, before any backend.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <tuple>
 
 #include "checks.h"
 
@@ -36,6 +37,13 @@ void validate_sparse24_compress(const at::Tensor& weight);
 // [N, K/8], bias float [N] or none, all on one device; K % 8 == 0.
 Sparse24Geometry validate_sparse24_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                                           const std::optional<at::Tensor>& bias);
+
+// Every device (csrc/sparse24.cpp): reads the weight back to check it is 2:4.
+std::tuple<at::Tensor, at::Tensor> sparse24_compress(const at::Tensor& weight);
+
+// CPU (csrc/cpu/sparse24.cpp): decodes to the dense weight.
+at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                               const std::optional<at::Tensor>& bias);
 
 #ifdef SLIMOPS_WITH_CUDA
 // mma.sp kernels (csrc/cuda/sparse24.cu): fp16/bf16 x, any M, any K % 8 == 0.

@@ -112,14 +112,6 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from slimops.ops._checks import (
-    validate_clip_grad_norm_fused,
-    validate_max_norm,
-    validate_multi_tensor,
-    validate_norm_type,
-    validate_scalar_tensor,
-)
-
 # Elements per chunk (one program each). 128 KiB of fp32: large enough that the
 # table stays small (Llama-1B: ~37k chunks), small enough for ~1k+ programs on
 # GPT-2-sized models.
@@ -644,9 +636,7 @@ def multi_tensor_norm(tensors: list[torch.Tensor], norm_type: float, root: bool 
         A 0-d float32 tensor on the tensors' device (CPU for an empty list); 0 if
         there are no elements, NaN if any element is NaN.
     """
-    op = "multi_tensor_norm"
-    validate_multi_tensor(tensors, op)
-    validate_norm_type(norm_type, op)
+    op = "multi_tensor_norm"  # arguments checked in C++ by the op before this is called
     device = _device_of(tensors)
     with _device_guard(device):
         plan = _get_plan(tensors, op)
@@ -669,12 +659,9 @@ def multi_tensor_scale_(tensors: list[torch.Tensor], total_norm: torch.Tensor, m
         total_norm: one-element float32 tensor on that device.
         max_norm: >= 0.
     """
-    op = "multi_tensor_scale_"
-    validate_multi_tensor(tensors, op)
-    validate_max_norm(max_norm, op)
+    op = "multi_tensor_scale_"  # arguments checked in C++ by the op before this is called
     if not tensors:
         return
-    validate_scalar_tensor(total_norm, "total_norm", tensors[0].device, op)
     with _device_guard(tensors[0].device):
         plan = _get_plan(tensors, op)
         if plan is not None:
@@ -705,8 +692,8 @@ def clip_grad_norm_fused_(
     Returns:
         The total norm of the (unscaled) gradients, a 0-d float32 tensor.
     """
-    op = "clip_grad_norm_fused_"
-    device = validate_clip_grad_norm_fused(grads, max_norm, norm_type, inv_scale, found_inf)
+    op = "clip_grad_norm_fused_"  # arguments checked in C++ by the op before this is called
+    device = _device_of(grads)
     with _device_guard(device):
         plan = _get_plan(grads, op)
         if plan is None:

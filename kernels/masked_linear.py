@@ -69,6 +69,7 @@ weight-times-mask training scheme.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 
 import torch
@@ -76,12 +77,6 @@ import triton
 import triton.language as tl
 
 from slimops.kernels._tiles import autotune, grouped_tile, m_bucket
-
-from slimops.ops._checks_sparse import (
-    validate_masked_linear,
-    validate_masked_linear_grad_input,
-    validate_masked_linear_grad_weight,
-)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # SLIMOPS_TRITON_AUTOTUNE=0 takes the first candidate left after pruning instead
@@ -408,6 +403,11 @@ else:
     )(_gw_kernel)
 
 
+def _rows(t: torch.Tensor) -> int:
+    # The product of the leading dims of t [..., K].
+    return math.prod(t.shape[:-1])
+
+
 def _as_meta(c: triton.Config) -> dict:
     return dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
 
@@ -491,8 +491,10 @@ def masked_linear(
 
     Returns:
         ``[..., N]`` in ``x.dtype`` (contiguous): fp32 accumulation, rounded once.
+
+    NOTE: the arguments are trusted: ``torch.ops.slimops.masked_linear`` checks them (in C++) before calling this.
     """
-    m, n, k, _ = validate_masked_linear(x, weight, mask, bias)
+    m, n, k = _rows(x), weight.shape[0], x.shape[-1]
     out = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
         return out
@@ -514,8 +516,10 @@ def masked_linear_grad_input(grad: torch.Tensor, weight: torch.Tensor, mask: tor
 
     Returns:
         ``[..., K]`` in ``grad.dtype`` (contiguous).
+
+    NOTE: the arguments are trusted (checked in C++ by ``torch.ops.slimops.masked_linear_grad_input``).
     """
-    m, n, k, _ = validate_masked_linear_grad_input(grad, weight, mask)
+    m, (n, k) = _rows(grad), weight.shape
     out = torch.empty((*grad.shape[:-1], k), dtype=grad.dtype, device=grad.device)
     if m == 0 or k == 0:
         return out
@@ -539,8 +543,10 @@ def masked_linear_grad_weight(grad: torch.Tensor, x: torch.Tensor, mask: torch.T
     Returns:
         A new contiguous ``[N, K]`` tensor in ``x.dtype``: fp32 accumulation over
         all ``M`` rows, rounded once.
+
+    NOTE: the arguments are trusted (checked in C++ by ``torch.ops.slimops.masked_linear_grad_weight``).
     """
-    m, n, k, _ = validate_masked_linear_grad_weight(grad, x, mask)
+    m, n, k = _rows(x), grad.shape[-1], x.shape[-1]
     if m == 0:
         return torch.zeros((n, k), dtype=x.dtype, device=x.device)
     out = torch.empty((n, k), dtype=x.dtype, device=x.device)

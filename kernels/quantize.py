@@ -48,17 +48,11 @@ References: the Triton tutorial ``03-matrix-multiplication.py`` and Liger-Kernel
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import triton
 import triton.language as tl
-
-from slimops.ops._checks import (
-    channel_scale_shape,
-    validate_dequantize,
-    validate_quantize_per_channel,
-    validate_quantize_per_token,
-)
 
 # Rows up to this many elements are quantized in one pass with the row held in
 # registers (x is read once); longer rows take a reduce pass and a quantize pass.
@@ -310,8 +304,10 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     Returns:
         ``(q, scale)``: int8 ``[..., K]`` (contiguous) and float32 ``[..., 1]``.
+
+    NOTE: the arguments are trusted: ``torch.ops.slimops.quantize_per_token`` checks them (in C++) before calling this.
     """
-    n_rows, n_cols = validate_quantize_per_token(x)
+    n_rows, n_cols = math.prod(x.shape[:-1]), x.shape[-1]
     q = torch.empty(x.shape, dtype=torch.int8, device=x.device)
     scale = torch.empty((*x.shape[:-1], 1), dtype=torch.float32, device=x.device)
     if x.numel() == 0:
@@ -360,9 +356,12 @@ def quantize_per_channel(
     Returns:
         ``(q, scale, zero_point)``: int8 like ``x`` (contiguous); float32 and
         int32 with size 1 in every dim except ``axis``.
+
+    NOTE: the arguments are trusted: ``torch.ops.slimops.quantize_per_channel`` checks them (in C++) before calling this.
     """
-    outer, channels, inner = validate_quantize_per_channel(x, axis)
-    shape = channel_scale_shape(x, axis)
+    a = axis % x.dim()
+    outer, channels, inner = math.prod(x.shape[:a]), x.shape[a], math.prod(x.shape[a + 1 :])
+    shape = [channels if d == a else 1 for d in range(x.dim())]  # keepdim: 1 except at axis
     q = torch.empty(x.shape, dtype=torch.int8, device=x.device)
     scale = torch.empty(shape, dtype=torch.float32, device=x.device)
     zero_point = torch.empty(shape, dtype=torch.int32, device=x.device)
@@ -412,8 +411,18 @@ def dequantize(
 
     Returns:
         ``out_dtype`` tensor shaped like ``q`` (contiguous).
+
+    NOTE: the arguments are trusted: ``torch.ops.slimops.dequantize`` checks them (in C++) before calling this.
     """
-    outer, channels, inner = validate_dequantize(q, scale, zero_point, out_dtype)
+    # The non-1 dims of scale are one contiguous run [first, last] of q's sizes (checked).
+    varying = [d for d in range(q.dim()) if scale.shape[d] != 1]
+    if varying:
+        first, last = varying[0], varying[-1]
+        outer, channels, inner = (
+            math.prod(q.shape[:first]), math.prod(q.shape[first : last + 1]), math.prod(q.shape[last + 1 :])
+        )
+    else:
+        outer, channels, inner = 1, 1, q.numel()
     out = torch.empty(q.shape, dtype=out_dtype, device=q.device)
     if q.numel() == 0:
         return out

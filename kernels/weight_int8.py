@@ -71,6 +71,7 @@ weight-only scheme (per-channel scales in nn.Linear layout).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 
 import torch
@@ -78,8 +79,6 @@ import triton
 import triton.language as tl
 
 from slimops.kernels._tiles import autotune, m_bucket
-
-from slimops.ops._checks_quant_mm import validate_weight_int8_linear
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # SLIMOPS_TRITON_AUTOTUNE=0 takes the first candidate left after pruning instead
@@ -370,8 +369,12 @@ def weight_int8_linear(
 
     Returns:
         ``[..., N]`` in ``x.dtype`` (contiguous): fp32 accumulation, rounded once.
+
+    NOTE: the arguments are trusted: ``torch.ops.slimops.weight_int8_linear`` checks them (in C++) before calling this.
     """
-    m, n, k, groups = validate_weight_int8_linear(x, weight, scale, bias)
+    k, n = x.shape[-1], weight.shape[0]
+    m = math.prod(x.shape[:-1])
+    groups = scale.shape[1] if scale.dim() == 2 else 1
     out = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
     if m == 0 or n == 0:
         return out

@@ -2,13 +2,14 @@
 
 ``impl.<op name>`` is a callable with the signature of ``slimops.ops.<op name>``:
 - "cpu": torch.ops.slimops.* on CPU tensors (the C++ kernels);
-- "triton-interpret": the Triton launchers of kernels/ on CPU tensors under TRITON_INTERPRET=1;
+- "triton-interpret": torch.ops.slimops.* on CPU tensors with "triton" forced: the op's C++
+  checks, then its Triton launcher under TRITON_INTERPRET=1 (slimops.ops._triton);
 - "cuda" / "triton": torch.ops.slimops.* on CUDA tensors with that backend forced.
+Which ops each impl has comes from the op table (csrc/ops.cpp, slimops.backend.OPS).
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 from dataclasses import dataclass
@@ -19,34 +20,12 @@ import torch
 
 import slimops
 from slimops import _build
+from slimops.backend import OPS
 
-
-# The Triton module holding each op's launcher.
-_TRITON_FAMILY = {
-    "quantize_per_token": "quantize",
-    "quantize_per_channel": "quantize",
-    "dequantize": "quantize",
-    "multi_tensor_norm": "clip",
-    "multi_tensor_scale_": "clip",
-    "clip_grad_norm_fused_": "clip",
-    "int8_mm": "int8_mm",
-    "weight_int8_linear": "weight_int8",
-    "quantize_fp8_per_row": "fp8",
-    "masked_linear": "masked_linear",
-    "masked_linear_grad_input": "masked_linear",
-    "masked_linear_grad_weight": "masked_linear",
-    "block_sparse_linear": "block_sparse",
-}
-
+# Ops with a Triton launcher: the ones every impl here runs.
+TRITON_OPS = {name for name, op in OPS.items() if op["triton"]}
 # Ops whose only GPU implementation is Triton: the "cuda" impl does not exist for them.
-TRITON_ONLY = {
-    "int8_mm",
-    "quantize_fp8_per_row",
-    "masked_linear",
-    "masked_linear_grad_input",
-    "masked_linear_grad_weight",
-    "block_sparse_linear",
-}
+TRITON_ONLY = {name for name in TRITON_OPS if not OPS[name]["cuda_cpp"]}
 
 
 @dataclass
@@ -57,13 +36,12 @@ class Impl:
     bf16: bool = True
 
     def __getattr__(self, op: str) -> Callable:
-        if op not in _TRITON_FAMILY:
+        if op not in TRITON_OPS:
             raise AttributeError(op)
         if self.name == "cpu":
             return getattr(slimops.ops, op)
         if self.name == "triton-interpret":
-            module = importlib.import_module(f"slimops.kernels.{_TRITON_FAMILY[op]}")
-            return getattr(module, op)
+            return _forced("triton", getattr(slimops.ops, op))
         return _forced(self.name, getattr(slimops.ops, op))
 
 

@@ -65,10 +65,10 @@ def test_env_var_sets_the_default():
 def test_op():
     """A throwaway op name in the C++ backend table, with a Triton impl registered."""
     name = "slimops_test_op"
-    _build._C._set_triton_impl(name, lambda *a: None)
+    _build._C._set_triton_impls({name: lambda *a: None})
     _build._C._set_triton_min_size(name, 100)
     yield name
-    _build._C._set_triton_impl(name, None)
+    _build._C._set_triton_impls({name: None})
 
 
 def _choose(op, size, have_cuda=True):
@@ -86,14 +86,14 @@ def test_choose_follows_the_rule(test_op):
 
 def test_choose_uses_the_only_available_backend(test_op):
     assert _choose(test_op, 1, have_cuda=False) == "triton"
-    _build._C._set_triton_impl(test_op, None)
+    _build._C._set_triton_impls({test_op: None})
     assert _choose(test_op, 10**9) == "cuda"
 
 
 def test_forcing_a_missing_backend_is_an_error(test_op):
     with slimops.use_backend("cuda"), pytest.raises(RuntimeError, match="slimops.slimops_test_op: backend 'cuda'"):
         _choose(test_op, 1, have_cuda=False)
-    _build._C._set_triton_impl(test_op, None)
+    _build._C._set_triton_impls({test_op: None})
     with slimops.use_backend("triton"), pytest.raises(RuntimeError, match="backend 'triton' was requested"):
         _choose(test_op, 1)
     with pytest.raises(RuntimeError, match="no GPU backend is available"):
@@ -103,12 +103,12 @@ def test_forcing_a_missing_backend_is_an_error(test_op):
 def test_rules_reach_the_cpp_side(monkeypatch):
     monkeypatch.setitem(backend.RULES, "slimops_test_rule", 4096)
     backend.apply_rules()
-    _build._C._set_triton_impl("slimops_test_rule", lambda *a: None)
+    _build._C._set_triton_impls({"slimops_test_rule": lambda *a: None})
     try:
         assert _choose("slimops_test_rule", 4095) == "cuda"
         assert _choose("slimops_test_rule", 4096) == "triton"
     finally:
-        _build._C._set_triton_impl("slimops_test_rule", None)
+        _build._C._set_triton_impls({"slimops_test_rule": None})
 
 
 def test_every_rule_names_an_op():

@@ -395,35 +395,12 @@ def test_grad_scaler_fused_unscale_and_clip():
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-# Under the interpreter the Triton launchers run on CPU tensors, but the CPU key
-# belongs to the C++ kernels: test-only custom ops with the same fakes check them.
-if os.environ.get("TRITON_INTERPRET") == "1" and slimops._build.HAS_TRITON:
-    from slimops.kernels import clip as triton_clip
-    from slimops.ops import clip as clip_ops
-
-    @torch.library.custom_op("slimops_test::triton_multi_tensor_norm", mutates_args=())
-    def _t_norm(tensors: list[torch.Tensor], norm_type: float, root: bool) -> torch.Tensor:
-        return triton_clip.multi_tensor_norm(tensors, norm_type, root)
-
-    @torch.library.custom_op("slimops_test::triton_clip_grad_norm_fused_", mutates_args=("grads", "found_inf"))
-    def _t_fused(
-        grads: list[torch.Tensor],
-        max_norm: float,
-        norm_type: float,
-        inv_scale: torch.Tensor | None,
-        found_inf: torch.Tensor | None,
-    ) -> torch.Tensor:
-        return triton_clip.clip_grad_norm_fused_(grads, max_norm, norm_type, inv_scale, found_inf)
-
-    _t_norm.register_fake(clip_ops._multi_tensor_norm_fake)
-    _t_fused.register_fake(clip_ops._clip_grad_norm_fused_fake)
-
-
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1 (CPU machines)")
 def test_opcheck_triton_launchers_under_interpreter():
     ts = random_tensors(13, [torch.float32, torch.float16], "cpu", n=4, sizes=[(5,), (17,), (3, 5)])
-    torch.library.opcheck(torch.ops.slimops_test.triton_multi_tensor_norm.default, (ts, 2.0, True))
-    torch.library.opcheck(
-        torch.ops.slimops_test.triton_clip_grad_norm_fused_.default,
-        (ts, 1.0, 2.0, torch.tensor([0.5]), torch.zeros(1)),
-    )
+    # The real ops with Triton forced on CPU tensors: C++ checks, launcher and fake together.
+    with slimops.use_backend("triton"):
+        torch.library.opcheck(torch.ops.slimops.multi_tensor_norm.default, (ts, 2.0, True))
+        torch.library.opcheck(
+            torch.ops.slimops.clip_grad_norm_fused_.default, (ts, 1.0, 2.0, torch.tensor([0.5]), torch.zeros(1))
+        )

@@ -13,7 +13,7 @@ from slimops.info import _arch_runs_on, collect_info
 
 def test_collect_info_keys():
     info = collect_info()
-    assert set(info) == {"versions", "build", "backends", "backend_override", "gpu", "cpu", "warnings"}
+    assert set(info) == {"versions", "build", "backends", "backend_override", "ops", "gpu", "cpu", "warnings"}
     assert set(info["versions"]) == {"slimops", "torch", "cuda", "triton", "python", "platform"}
     assert info["versions"]["torch"] == torch.__version__
     assert set(info["build"]) == {"HAS_C", "HAS_CUDA_KERNELS", "CUDA_ARCHS", "HAS_TRITON"}
@@ -25,6 +25,13 @@ def test_collect_info_keys():
     assert info["backends"]["cpu"]["available"] == _build.HAS_C
     assert info["cpu"]["cores"] >= 1 and info["cpu"]["torch_threads"] >= 1
     assert (info["gpu"] is None) == (not torch.cuda.is_available())
+    # Every op with a kernel is listed from the op table, with what it runs on a GPU.
+    schemas = {n.split("::")[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("slimops::")}
+    assert set(info["ops"]) == schemas
+    assert info["ops"]["weight_int8_linear"] == {"gpu": ["cuda", "triton"],
+                                                 "rule": "cuda below 17 rows M, triton from there"}
+    assert info["ops"]["int8_mm"] == {"gpu": ["triton"], "rule": None}
+    assert info["ops"]["sparse24_linear"] == {"gpu": ["cuda"], "rule": None}
     json.dumps(info)  # plain data, as `slimops info --json` prints it
 
 

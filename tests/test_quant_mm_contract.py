@@ -7,7 +7,6 @@ import torch
 
 import slimops
 from slimops import reference as ref
-from slimops.ops import quant_mm as qmm
 from tests.backends import IMPLS, TRITON_ONLY, _interp, get_impl, random_rows
 
 OPS = torch.ops.slimops
@@ -60,44 +59,13 @@ def _test_utils(op):
     return ("test_schema", "test_faketensor", "test_autograd_registration", "test_aot_dispatch_dynamic")
 
 
-# Under the interpreter the Triton launchers run on CPU tensors, but the CPU
-# dispatch key belongs to the C++ kernels: wrap the launchers in test-only ops
-# carrying the same fakes, so launcher + fake consistency is checked too.
-if _interp:
-    from slimops.kernels import fp8 as tk_fp8
-    from slimops.kernels import int8_mm as tk_int8
-    from slimops.kernels import weight_int8 as tk_w8
-
-    @torch.library.custom_op("slimops_test::triton_int8_mm", mutates_args=())
-    def _t_int8_mm(
-        a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
-        bias: torch.Tensor | None, out_dtype: torch.dtype,
-    ) -> torch.Tensor:
-        return tk_int8.int8_mm(a, b, a_scale, b_scale, bias, out_dtype)
-
-    @torch.library.custom_op("slimops_test::triton_weight_int8_linear", mutates_args=())
-    def _t_w8(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return tk_w8.weight_int8_linear(x, weight, scale, bias)
-
-    @torch.library.custom_op("slimops_test::triton_quantize_fp8_per_row", mutates_args=())
-    def _t_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return tk_fp8.quantize_fp8_per_row(x)
-
-    _t_int8_mm.register_fake(qmm._int8_mm_fake)
-    _t_w8.register_fake(qmm._weight_int8_linear_fake)
-    _t_fp8.register_fake(qmm._quantize_fp8_per_row_fake)
-
-
 @pytest.mark.skipif(not _interp, reason="needs triton and TRITON_INTERPRET=1")
 def test_opcheck_triton_launchers_under_interpreter():
-    triton_ops = {
-        OPS.int8_mm.default: torch.ops.slimops_test.triton_int8_mm.default,
-        OPS.weight_int8_linear.default: torch.ops.slimops_test.triton_weight_int8_linear.default,
-        OPS.quantize_fp8_per_row.default: torch.ops.slimops_test.triton_quantize_fp8_per_row.default,
-    }
-    for op, args in _sample_args("cpu"):
-        if op in triton_ops:
-            torch.library.opcheck(triton_ops[op], args, test_utils=_test_utils(op))
+    # The real ops with Triton forced on CPU tensors: C++ checks, launcher and fake together
+    # (the dynamic linears run their inner ops' launchers).
+    with slimops.use_backend("triton"):
+        for op, args in _sample_args("cpu"):
+            torch.library.opcheck(op, args, test_utils=_test_utils(op))
 
 
 def _pipeline(x, wi, wi_s, wf, wf_s, bias):

@@ -7,7 +7,6 @@ import torch
 
 import slimops
 from slimops import reference as ref
-from slimops.ops import quantize as qops
 from tests.backends import IMPLS, _interp, get_impl, random_rows
 
 OPS = torch.ops.slimops
@@ -36,40 +35,12 @@ def test_opcheck(device):
                 torch.library.opcheck(op, args)
 
 
-# Under the interpreter the Triton launchers run on CPU tensors, but the CPU
-# dispatch key belongs to the C++ kernels. Wrapping the launchers in test-only
-# custom ops with the *same* fakes checks launcher + fake consistency.
-if _interp:
-    from slimops.kernels import quantize as tk
-
-    @torch.library.custom_op("slimops_test::triton_quantize_per_token", mutates_args=())
-    def _t_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return tk.quantize_per_token(x)
-
-    @torch.library.custom_op("slimops_test::triton_quantize_per_channel", mutates_args=())
-    def _t_per_channel(x: torch.Tensor, axis: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return tk.quantize_per_channel(x, axis, symmetric)
-
-    @torch.library.custom_op("slimops_test::triton_dequantize", mutates_args=())
-    def _t_dequantize(
-        q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None, out_dtype: torch.dtype
-    ) -> torch.Tensor:
-        return tk.dequantize(q, scale, zero_point, out_dtype)
-
-    _t_per_token.register_fake(qops._quantize_per_token_fake)
-    _t_per_channel.register_fake(qops._quantize_per_channel_fake)
-    _t_dequantize.register_fake(qops._dequantize_fake)
-
-
 @pytest.mark.skipif(not _interp, reason="needs triton and TRITON_INTERPRET=1")
 def test_opcheck_triton_launchers_under_interpreter():
-    triton_ops = {
-        OPS.quantize_per_token.default: torch.ops.slimops_test.triton_quantize_per_token.default,
-        OPS.quantize_per_channel.default: torch.ops.slimops_test.triton_quantize_per_channel.default,
-        OPS.dequantize.default: torch.ops.slimops_test.triton_dequantize.default,
-    }
-    for op, args in _sample_args("cpu"):
-        torch.library.opcheck(triton_ops[op], args)
+    # The real ops with Triton forced on CPU tensors: C++ checks, launcher and fake together.
+    with slimops.use_backend("triton"):
+        for op, args in _sample_args("cpu"):
+            torch.library.opcheck(op, args)
 
 
 def _pipeline(x):

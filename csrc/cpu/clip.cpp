@@ -483,10 +483,7 @@ at::Tensor scalar_result(float value, at::TensorList tensors) {
 }  // namespace
 
 at::Tensor multi_tensor_norm_cpu(at::TensorList tensors, double norm_type, bool root) {
-  const char* op = "multi_tensor_norm";
-  validate_multi_tensor(tensors, op);
-  validate_norm_type(norm_type, op);
-  check_cpu(tensors, "tensors", op);
+  check_cpu(tensors, "tensors", "multi_tensor_norm");  // validated: validate_multi_tensor_norm
 
   const Plan plan = make_plan(tensors, /*writable=*/false);
   if (plan.numel == 0) return scalar_result(0.f, tensors);
@@ -495,12 +492,8 @@ at::Tensor multi_tensor_norm_cpu(at::TensorList tensors, double norm_type, bool 
 }
 
 void multi_tensor_scale_cpu(at::TensorList tensors, const at::Tensor& total_norm, double max_norm) {
-  const char* op = "multi_tensor_scale_";
-  validate_multi_tensor(tensors, op);
-  validate_max_norm(max_norm, op);
   if (tensors.empty()) return;
-  validate_scalar_tensor(total_norm, "total_norm", tensors[0].device(), op);
-  check_cpu(tensors, "tensors", op);
+  check_cpu(tensors, "tensors", "multi_tensor_scale_");  // validated: validate_multi_tensor_scale_
 
   const float coef = clip_coef(*total_norm.const_data_ptr<float>(), max_norm);
   // x * 1 rounds back to x (a NaN stays a NaN), so an unclipped call writes nothing.
@@ -512,16 +505,7 @@ void multi_tensor_scale_cpu(at::TensorList tensors, const at::Tensor& total_norm
 at::Tensor clip_grad_norm_fused_cpu(at::TensorList grads, double max_norm, double norm_type,
                                     const std::optional<at::Tensor>& inv_scale,
                                     const std::optional<at::Tensor>& found_inf) {
-  const char* op = "clip_grad_norm_fused_";
-  validate_multi_tensor(grads, op);
-  validate_max_norm(max_norm, op);
-  validate_norm_type(norm_type, op);
-  if (!grads.empty()) {
-    const at::Device device = grads[0].device();
-    if (inv_scale.has_value()) validate_scalar_tensor(*inv_scale, "inv_scale", device, op);
-    if (found_inf.has_value()) validate_scalar_tensor(*found_inf, "found_inf", device, op);
-  }
-  check_cpu(grads, "grads", op);
+  check_cpu(grads, "grads", "clip_grad_norm_fused_");  // validated: validate_clip_grad_norm_fused_
 
   const Plan plan = make_plan(grads, /*writable=*/true);
   if (plan.numel == 0) return scalar_result(0.f, grads);
@@ -541,25 +525,6 @@ at::Tensor clip_grad_norm_fused_cpu(at::TensorList grads, double max_norm, doubl
     scale_pass<false>(plan, 1.f, coef);
   }
   return scalar_result(total, grads);
-}
-
-TORCH_LIBRARY_IMPL(slimops, CPU, m) {
-  m.impl("multi_tensor_norm", &multi_tensor_norm_cpu);
-  m.impl("multi_tensor_scale_", &multi_tensor_scale_cpu);
-  m.impl("clip_grad_norm_fused_", &clip_grad_norm_fused_cpu);
-}
-
-// NOTE: a call with no tensor at all (an empty list, and no total_norm /
-// inv_scale / found_inf) has no dispatch key, and the dispatcher sends it to
-// the CompositeExplicitAutograd kernel, if any; without one it raises "no
-// tensor arguments". The CPU kernels give the reference's answer for it (a CPU
-// zero). Backend kernels (CPU, CUDA, Meta) still take precedence, and a tensor
-// of a backend with no kernel of its own (sparse, say) reaches the validators
-// and gets a clear error.
-TORCH_LIBRARY_IMPL(slimops, CompositeExplicitAutograd, m) {
-  m.impl("multi_tensor_norm", &multi_tensor_norm_cpu);
-  m.impl("multi_tensor_scale_", &multi_tensor_scale_cpu);
-  m.impl("clip_grad_norm_fused_", &clip_grad_norm_fused_cpu);
 }
 
 }  // namespace slimops

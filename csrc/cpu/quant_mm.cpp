@@ -149,7 +149,7 @@ float quantize_fp8_row(const scalar_t* x, int64_t k, c10::Float8_e4m3fn* q) {
 
 at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& a_scale,
                        const at::Tensor& b_scale, const std::optional<at::Tensor>& bias, c10::ScalarType out_dtype) {
-  const MatmulGeometry g = validate_int8_mm(a, b, a_scale, b_scale, bias, out_dtype);
+  const MatmulGeometry g{a.size(0), b.size(0), a.size(1)};  // validated: validate_int8_mm
   at::Tensor out = at::empty({g.m, g.n}, a.options().dtype(out_dtype));
   if (g.m == 0 || g.n == 0) return out;
   const at::Tensor A = a.contiguous(), B = b.contiguous();
@@ -164,7 +164,8 @@ at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tenso
 
 at::Tensor weight_int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                                   const std::optional<at::Tensor>& bias) {
-  const MatmulGeometry g = validate_weight_int8_linear(x, weight, scale, bias);
+  // validated: validate_weight_int8_linear
+  const MatmulGeometry g = linear_geometry(x, weight.size(0), scale.dim() == 2 ? scale.size(1) : 1);
   // The op has no autograd formula; ATen's mm_out below refuses inputs that
   // require grad unless the autograd keys are skipped, as inside any kernel.
   at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -211,7 +212,7 @@ at::Tensor weight_int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight,
 }
 
 std::tuple<at::Tensor, at::Tensor> quantize_fp8_per_row_cpu(const at::Tensor& x) {
-  const auto [rows, K] = validate_quantize_fp8_per_row(x);
+  const int64_t rows = leading_rows(x), K = x.size(-1);  // validated: validate_quantize_fp8_per_row
   std::vector<int64_t> scale_shape(x.sizes().begin(), x.sizes().end());
   scale_shape.back() = 1;
   at::Tensor q = at::empty(x.sizes(), x.options().dtype(at::kFloat8_e4m3fn));
@@ -228,12 +229,6 @@ std::tuple<at::Tensor, at::Tensor> quantize_fp8_per_row_cpu(const at::Tensor& x)
     });
   });
   return {q, scale};
-}
-
-TORCH_LIBRARY_IMPL(slimops, CPU, m) {
-  m.impl("int8_mm", &int8_mm_cpu);
-  m.impl("weight_int8_linear", &weight_int8_linear_cpu);
-  m.impl("quantize_fp8_per_row", &quantize_fp8_per_row_cpu);
 }
 
 }  // namespace slimops

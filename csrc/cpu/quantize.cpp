@@ -119,7 +119,7 @@ int64_t grain_for(int64_t group_size) { return std::max<int64_t>(1, kGrainElemen
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> quantize_per_token_cpu(const at::Tensor& x) {
-  auto [rows, K] = validate_quantize_per_token(x);
+  const int64_t rows = leading_rows(x), K = x.size(-1);  // validated: validate_quantize_per_token
   std::vector<int64_t> scale_shape(x.sizes().begin(), x.sizes().end());
   scale_shape.back() = 1;
   auto q = at::empty(x.sizes(), x.options().dtype(at::kChar));            // [..., K]
@@ -151,7 +151,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token_cpu(const at::Tensor& x) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_channel_cpu(const at::Tensor& x, int64_t axis,
                                                                         bool symmetric) {
-  const ChannelGeometry g = validate_quantize_per_channel(x, axis);
+  const ChannelGeometry g = channel_geometry(x, axis);  // validated: validate_quantize_per_channel
   const auto scale_shape = channel_scale_shape(x, axis);
   auto q = at::empty(x.sizes(), x.options().dtype(at::kChar));
   auto scale = at::empty(scale_shape, x.options().dtype(at::kFloat));
@@ -195,7 +195,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_channel_cpu(const at
 
 at::Tensor dequantize_cpu(const at::Tensor& q, const at::Tensor& scale, const std::optional<at::Tensor>& zero_point,
                           c10::ScalarType out_dtype) {
-  const ChannelGeometry g = validate_dequantize(q, scale, zero_point, out_dtype);
+  const ChannelGeometry g = dequantize_geometry(q, scale);  // validated: validate_dequantize
   auto out = at::empty(q.sizes(), q.options().dtype(out_dtype));
   if (q.numel() == 0) return out;
 
@@ -231,12 +231,6 @@ at::Tensor dequantize_cpu(const at::Tensor& q, const at::Tensor& scale, const st
     });
   });
   return out;
-}
-
-TORCH_LIBRARY_IMPL(slimops, CPU, m) {
-  m.impl("quantize_per_token", &quantize_per_token_cpu);
-  m.impl("quantize_per_channel", &quantize_per_channel_cpu);
-  m.impl("dequantize", &dequantize_cpu);
 }
 
 }  // namespace slimops

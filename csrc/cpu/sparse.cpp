@@ -36,9 +36,12 @@ at::Tensor masked_weight_f32(const at::Tensor& weight, const at::Tensor& mask) {
   return weight.to(at::kFloat).masked_fill(mask.logical_not(), 0.0);
 }
 
+}  // namespace
+
+// The op table has run validate_* on the arguments of each kernel below.
+
 at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& mask,
                              const std::optional<at::Tensor>& bias) {
-  validate_masked_linear(x, weight, mask, bias);
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel: no graph for its inner ops
   std::optional<at::Tensor> bias_f;
   if (bias.has_value()) bias_f = bias->to(at::kFloat);
@@ -46,18 +49,19 @@ at::Tensor masked_linear_cpu(const at::Tensor& x, const at::Tensor& weight, cons
 }
 
 at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& mask) {
-  validate_masked_linear_grad_input(grad, weight, mask);
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   return at::matmul(grad.to(at::kFloat), masked_weight_f32(weight, mask)).to(grad.scalar_type());
 }
 
 at::Tensor masked_linear_grad_weight_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mask) {
-  const MatmulGeometry g = validate_masked_linear_grad_weight(grad, x, mask);
+  const MatmulGeometry g = linear_geometry(x, grad.size(-1));
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const at::Tensor g2 = grad.reshape({g.m, g.n}).to(at::kFloat);
   const at::Tensor x2 = x.reshape({g.m, g.k}).to(at::kFloat);
   return at::mm(g2.t(), x2).masked_fill_(mask.logical_not(), 0.0).to(x.scalar_type());
 }
+
+namespace {
 
 // The index arrays come from the caller: check them here, where it is cheap,
 // so a malformed one is an error rather than an out-of-bounds read.
@@ -78,9 +82,11 @@ void check_bsr_indices(const at::Tensor& row_ptr, const at::Tensor& col_idx, int
   }
 }
 
+}  // namespace
+
 at::Tensor block_sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
                                    const at::Tensor& col_idx, const std::optional<at::Tensor>& bias) {
-  const MatmulGeometry g = validate_block_sparse_linear(x, values, row_ptr, col_idx, bias);
+  const MatmulGeometry g = linear_geometry(x, (row_ptr.size(0) - 1) * values.size(1));
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const int64_t bn = values.size(1), bk = values.size(2), rows = row_ptr.numel() - 1;
   const at::Tensor rp = row_ptr.contiguous(), ci = col_idx.contiguous();
@@ -107,15 +113,6 @@ at::Tensor block_sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values
   at::Tensor out = out_t.t();
   if (bias.has_value()) out = out.add(bias->to(at::kFloat));
   return out.to(x.scalar_type()).contiguous().reshape(with_last(x, g.n));
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(slimops, CPU, m) {
-  m.impl("masked_linear", &masked_linear_cpu);
-  m.impl("masked_linear_grad_input", &masked_linear_grad_input_cpu);
-  m.impl("masked_linear_grad_weight", &masked_linear_grad_weight_cpu);
-  m.impl("block_sparse_linear", &block_sparse_linear_cpu);
 }
 
 }  // namespace slimops

@@ -65,11 +65,14 @@ void report_bad_meta(const uint8_t* meta, int64_t n, int64_t k) {
   }
 }
 
+}  // namespace
+
 at::Tensor sparse24_linear_cpu(const at::Tensor& x,       // [..., K] float
                                const at::Tensor& values,  // [N, K/2], x's dtype
                                const at::Tensor& meta,    // [N, K/8] uint8
                                const std::optional<at::Tensor>& bias) {  // [N] float
-  const Sparse24Geometry g = validate_sparse24_linear(x, values, meta, bias);
+  // validated: validate_sparse24_linear
+  const Sparse24Geometry g{leading_rows(x), values.size(0), x.size(-1)};
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel: no graph for its inner ops
   const at::Tensor v = values.contiguous();
   const at::Tensor m = meta.contiguous();
@@ -83,9 +86,5 @@ at::Tensor sparse24_linear_cpu(const at::Tensor& x,       // [..., K] float
   if (bias.has_value()) bias_f = bias->to(at::kFloat);
   return at::linear(x.to(at::kFloat), w, bias_f).to(x.scalar_type());
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(slimops, CPU, m) { m.impl("sparse24_linear", &sparse24_linear_cpu); }
 
 }  // namespace slimops

@@ -716,9 +716,7 @@ at::Device list_device(at::TensorList tensors) { return tensors.empty() ? at::De
 
 at::Tensor multi_tensor_norm_cuda(at::TensorList tensors,  // [any] x n, fp32/fp16/bf16, one device
                                   double norm_type, bool root) {
-  constexpr const char* op = "multi_tensor_norm";
-  validate_multi_tensor(tensors, op);
-  validate_norm_type(norm_type, op);
+  constexpr const char* op = "multi_tensor_norm";  // validated (validate_multi_tensor_norm)
   if (tensors.empty()) return at::zeros({}, at::TensorOptions().dtype(at::kFloat));  // as the reference: CPU 0
   const Plan plan = make_plan(tensors, /*writes=*/false, op, "tensors");  // checks: CUDA, aligned
   if (plan.total_chunks() == 0) return at::zeros({}, tensors[0].options().dtype(at::kFloat));
@@ -733,11 +731,8 @@ at::Tensor multi_tensor_norm_cuda(at::TensorList tensors,  // [any] x n, fp32/fp
 void multi_tensor_scale_cuda(at::TensorList tensors,         // [any] x n, scaled in place
                              const at::Tensor& total_norm,   // [1] fp32
                              double max_norm) {
-  constexpr const char* op = "multi_tensor_scale_";
-  validate_multi_tensor(tensors, op);
-  validate_max_norm(max_norm, op);
+  constexpr const char* op = "multi_tensor_scale_";  // validated (validate_multi_tensor_scale_)
   if (tensors.empty()) return;
-  validate_scalar_tensor(total_norm, "total_norm", tensors[0].device(), op);
   const Plan plan = make_plan(tensors, /*writes=*/true, op, "tensors");  // checks: CUDA, aligned
   if (plan.total_chunks() == 0) return;
   const c10::cuda::CUDAGuard guard(tensors[0].device());
@@ -751,13 +746,8 @@ at::Tensor clip_grad_norm_fused_cuda(at::TensorList grads,                      
                                      double max_norm, double norm_type,
                                      const std::optional<at::Tensor>& inv_scale,  // [1] fp32
                                      const std::optional<at::Tensor>& found_inf) {  // [1] fp32, set to 1
-  constexpr const char* op = "clip_grad_norm_fused_";
-  validate_multi_tensor(grads, op);
-  validate_max_norm(max_norm, op);
-  validate_norm_type(norm_type, op);
+  constexpr const char* op = "clip_grad_norm_fused_";  // validated (validate_clip_grad_norm_fused_)
   const at::Device device = list_device(grads);
-  if (inv_scale.has_value()) validate_scalar_tensor(*inv_scale, "inv_scale", device, op);
-  if (found_inf.has_value()) validate_scalar_tensor(*found_inf, "found_inf", device, op);
   if (grads.empty()) return at::zeros({}, at::TensorOptions().dtype(at::kFloat));  // as the reference: CPU 0
   const Plan plan = make_plan(grads, /*writes=*/true, op, "grads");  // checks: CUDA, aligned
   // All empty: the norm is 0 and nothing is scaled or non-finite.

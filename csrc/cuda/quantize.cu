@@ -843,8 +843,7 @@ void check_cuda(const at::Tensor& t, const char* op, const char* name) {
                                      AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 std::tuple<at::Tensor, at::Tensor> quantize_per_token_cuda(const at::Tensor& x) {  // x: [..., K]
-  int64_t rows, K;
-  std::tie(rows, K) = validate_quantize_per_token(x);
+  const int64_t rows = leading_rows(x), K = x.size(-1);  // validated (validate_quantize_per_token)
   check_cuda(x, "quantize_per_token", "x");
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -867,7 +866,7 @@ std::tuple<at::Tensor, at::Tensor> quantize_per_token_cuda(const at::Tensor& x) 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quantize_per_channel_cuda(const at::Tensor& x,  // [...]
                                                                          int64_t axis, bool symmetric) {
-  const ChannelGeometry geo = validate_quantize_per_channel(x, axis);
+  const ChannelGeometry geo = channel_geometry(x, axis);  // validated (validate_quantize_per_channel)
   check_cuda(x, "quantize_per_channel", "x");
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -901,7 +900,7 @@ at::Tensor dequantize_cuda(const at::Tensor& q,                        // [...] 
                            const at::Tensor& scale,                    // keepdim layout, fp32
                            const std::optional<at::Tensor>& zero_point,  // like scale, int32
                            c10::ScalarType out_dtype) {
-  const ChannelGeometry geo = validate_dequantize(q, scale, zero_point, out_dtype);
+  const ChannelGeometry geo = dequantize_geometry(q, scale);  // validated (validate_dequantize)
   check_cuda(q, "dequantize", "q");
   check_cuda(scale, "dequantize", "scale");
   if (zero_point.has_value()) check_cuda(*zero_point, "dequantize", "zero_point");

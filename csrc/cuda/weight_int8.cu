@@ -613,7 +613,8 @@ at::Tensor weight_int8_linear_cuda(const at::Tensor& x,                     // [
                                    const at::Tensor& weight,                // [N, K] int8
                                    const at::Tensor& scale,                 // [N] or [N, G] float
                                    const std::optional<at::Tensor>& bias) {  // [N] float
-  const MatmulGeometry geo = validate_weight_int8_linear(x, weight, scale, bias);
+  // validated (validate_weight_int8_linear, by the op table)
+  const MatmulGeometry geo = linear_geometry(x, weight.size(0), scale.dim() == 2 ? scale.size(1) : 1);
   constexpr const char* op = "weight_int8_linear";
   check_cuda(x, op, "x");
   check_cuda(weight, op, "weight");

@@ -1,7 +1,8 @@
 """Which GPU implementation runs an op: CUDA C++ or Triton.
 
-The choice is made in C++ on every GPU call (csrc/backend.h), so an op whose
-rule picks CUDA C++ never enters Python. It comes from, in order:
+The choice is made in C++ on every GPU call (the op table, csrc/ops.cpp, and
+csrc/backend.h), so an op whose rule picks CUDA C++ never enters Python. It
+comes from, in order:
 
 1. the innermost ``with slimops.use_backend("triton"|"cuda"):`` block (per thread);
 2. the ``SLIMOPS_BACKEND`` environment variable, read once at import;
@@ -9,7 +10,13 @@ rule picks CUDA C++ never enters Python. It comes from, in order:
 4. whichever backend is available, if only one is.
 
 A forced backend that is not available is an error naming the op, never a
-silent fallback.
+silent fallback. Ops with a single GPU implementation (Triton only, or CUDA C++
+only as ``sparse24_linear``) have no rule; forcing "cuda" on a Triton-only op
+is an error, and ``sparse24_linear`` ignores the choice.
+
+CPU tensors always run the C++ kernels, with one exception for the tests: under
+``TRITON_INTERPRET=1`` on a machine without a GPU, forcing "triton" runs an op's
+Triton launcher in Triton's interpreter (see :mod:`slimops.ops._triton`).
 """
 
 from __future__ import annotations
@@ -25,23 +32,16 @@ _CODES = {None: 0, "cuda": 1, "triton": 2}
 _NAMES = {0: None, 1: "cuda", 2: "triton"}
 _UNSET = -1
 
-# op -> smallest problem size at which Triton runs instead of CUDA C++;
-# None: CUDA C++ at every size when both are built.
-# Measured on an H200 (torch 2.11, triton 3.6, 2026-11-28; bench/results/*-h200-*):
-# the CUDA C++ quantize and clip kernels beat Triton at every quick-suite shape
-# (quantize_per_token 8192x8192 bf16: 66 vs 103 µs; GPT-2 clip: 374 vs 982 µs);
-# weight_int8_linear's CUDA decode kernel wins at M = 1 and 16 (28-34 vs 114-166 µs)
-# and Triton at M = 4096 (736 vs 6,043 µs). Between 17 and 4096 it is unmeasured.
+# The op table (csrc/ops.cpp), one dict per op: name, composite, cuda_cpp (a CUDA C++
+# kernel in the sources), cuda_cpp_built, triton (a launcher in kernels/),
+# triton_min_size and size (what the rule counts).
+OPS: dict[str, dict] = {op["name"]: dict(op) for op in _build._C.ops} if _build.HAS_C else {}
+
+# op -> smallest problem size at which Triton runs instead of CUDA C++ (None: CUDA C++
+# at every size), for the ops that have both; the defaults, and the measurements
+# behind them, are in the op table. Edit, then call apply_rules().
 RULES: dict[str, int | None] = {
-    "quantize_per_token": None,
-    "quantize_per_channel": None,
-    "dequantize": None,
-    "multi_tensor_norm": None,
-    "multi_tensor_scale_": None,
-    "clip_grad_norm_fused_": None,
-    # Matmul rules count M, the activation rows: the CUDA C++ decode kernel
-    # below it, Triton from it up (DESIGN.md: CUDA C++ for M <= 16).
-    "weight_int8_linear": 17,
+    name: op["triton_min_size"] for name, op in OPS.items() if op["cuda_cpp"] and op["triton"]
 }
 
 

@@ -100,13 +100,34 @@ def _gpu_info() -> dict[str, Any] | None:
     return gpu
 
 
+def op_backends() -> dict[str, dict[str, Any]]:
+    """Per op, from the op table (csrc/ops.cpp): its GPU implementations and the rule between them.
+
+    ``gpu`` lists "cuda" (a CUDA C++ kernel in the sources) and "triton" (a launcher in
+    kernels/), or says "composite" (composed of other ops on every device); ``rule`` says
+    which one runs when both are built.
+    """
+    out = {}
+    for name, op in backend.OPS.items():
+        if op["composite"]:
+            out[name] = {"gpu": "composite", "rule": None}
+            continue
+        gpu = [b for b, has in (("cuda", op["cuda_cpp"]), ("triton", op["triton"])) if has]
+        rule = None
+        if len(gpu) == 2:
+            min_size = backend.RULES.get(name)
+            rule = "cuda" if min_size is None else f"cuda below {min_size} {op['size']}, triton from there"
+        out[name] = {"gpu": gpu, "rule": rule}
+    return out
+
+
 def collect_info() -> dict[str, Any]:
     """Everything ``slimops info`` shows, as plain JSON-serialisable data.
 
     Returns:
-        ``{"versions", "build", "backends", "backend_override", "gpu", "cpu", "warnings"}``;
-        ``backends`` maps cpu/cuda/triton to ``{"available": bool, "reason": str | None}``
-        and ``gpu`` is None without a visible CUDA device.
+        ``{"versions", "build", "backends", "backend_override", "ops", "gpu", "cpu", "warnings"}``;
+        ``backends`` maps cpu/cuda/triton to ``{"available": bool, "reason": str | None}``,
+        ``ops`` is :func:`op_backends` and ``gpu`` is None without a visible CUDA device.
     """
     missing = _build.missing_backends()
     gpu = _gpu_info()
@@ -129,6 +150,7 @@ def collect_info() -> dict[str, Any]:
         },
         # What `with slimops.use_backend(...)` / SLIMOPS_BACKEND force right now (None: per-shape rules).
         "backend_override": backend.current_override(),
+        "ops": op_backends(),
         "gpu": gpu,
         "cpu": _cpu_info(),
         "warnings": warnings,
@@ -171,6 +193,13 @@ def print_info(info: dict[str, Any] | None = None, console=None) -> None:
             }[name]
         backends.add_row(name, "[green]yes[/]" if b["available"] else "[red]no[/]", detail)
     override = info["backend_override"] or "auto (per-shape rules)"
+    ops = Table(title="ops (GPU)", title_justify="left", box=None, padding=(0, 2))
+    ops.add_column("op", style="bold")
+    ops.add_column("kernels")
+    ops.add_column("rule", overflow="fold")
+    for name, op in info["ops"].items():
+        kernels = op["gpu"] if isinstance(op["gpu"], str) else " + ".join(op["gpu"]) or "-"
+        ops.add_row(name, kernels, op["rule"] or "")
 
     gpu = info["gpu"]
     parts = [
@@ -178,6 +207,8 @@ def print_info(info: dict[str, Any] | None = None, console=None) -> None:
         "",
         backends,
         f"  GPU backend choice: {override}",
+        "",
+        ops,
         "",
         kv_table("gpu", gpu) if gpu else "[bold]gpu[/]: none visible",
         "",

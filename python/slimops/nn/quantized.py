@@ -20,7 +20,8 @@ import slimops
 from slimops.conversion import Unsupported
 from slimops.nn._convertible import check_convertible_linear
 from slimops.nn.packed import KERNEL_DTYPES, PackedLinear
-from slimops.ops.quant_mm import _int8_dense_weight, _scaled_dense_weight, linear_with_input_grad
+from slimops.ops._autograd import linear_with_input_grad
+from slimops.ops.quant_mm import _int8_dense_weight, _scaled_dense_weight
 # cuBLAS fp8 GEMMs need K and N to be multiples of 16 (fp8_dynamic_linear checks it on every device).
 _FP8_ALIGN = 16
 

@@ -1,7 +1,7 @@
 """Typed wrappers around ``torch.ops.slimops.*``, with the fake impls beside them.
 
-Importing this module registers the fakes and the CUDA-key implementations, so
-it is imported by ``import slimops``.
+Importing this module registers the fakes and hands the Triton launchers to the
+op table (csrc/ops.cpp), so it is imported by ``import slimops``.
 """
 
 from slimops.ops.clip import clip_grad_norm_fused_, multi_tensor_norm, multi_tensor_scale_
@@ -22,6 +22,9 @@ from slimops.ops.sparse import (
     masked_linear_grad_weight,
 )
 from slimops.ops.sparse24 import sparse24_compress, sparse24_linear, sparse24_to_dense
+from slimops.ops._triton import register_triton
+
+register_triton()
 
 __all__ = [
     "block_sparse_linear",

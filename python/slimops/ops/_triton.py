@@ -1,14 +1,18 @@
-"""Hands the Triton launchers of kernels/ to the CUDA dispatch key.
+"""Hands the Triton launchers of kernels/ to the op table (csrc/ops.cpp), in one call.
 
-With the CUDA kernels built, the C++ CUDA-key kernels (csrc/cuda/*_dispatch.cpp)
-call a registered launcher only when the backend choice picks Triton. Without
-them, the launcher is registered as the CUDA-key kernel itself, behind the same
-choice, so that forcing ``"cuda"`` is still an error rather than a silent swap.
+The table says which ops have a Triton launcher; the launcher is the function of
+``slimops.kernels`` named after its op. The C++ kernels of those ops call it when
+the backend choice picks Triton (csrc/backend.h), after the op's checks.
+
+On a machine without a GPU, under ``TRITON_INTERPRET=1`` (the tests), the
+launchers also take CPU tensors: forcing Triton (``slimops.use_backend("triton")``
+or ``SLIMOPS_BACKEND=triton``) then runs them in Triton's interpreter through the
+op itself, checks and fakes included. Otherwise CPU tensors always run the C++ kernels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
 
 import torch
 
@@ -16,26 +20,22 @@ from slimops import _build
 
 
 def triton_usable() -> bool:
-    return _build.HAS_C and _build.HAS_TRITON and torch.cuda.is_available()
+    return _build.HAS_C and _build.HAS_TRITON and (torch.cuda.is_available() or _interpreting())
 
 
-def _behind_choice(name: str, fn: Callable) -> Callable:
-    # NOTE: the dispatcher leaves out trailing arguments equal to their schema
-    # defaults, so every launcher declares the schema's defaults too.
-    def run(*args, **kwargs):
-        _build._C._choose(name, 0, False)  # raises if "cuda" is forced; only Triton is there to pick
-        return fn(*args, **kwargs)
-
-    return run
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def register_triton(impls: dict[str, Callable], *, cuda_cpp: bool = True) -> None:
-    """Register ``{op name: Triton launcher}`` with the backend choice.
+def register_triton() -> None:
+    """Register every launcher with the op table (done once, by ``import slimops``)."""
+    if not triton_usable():
+        return
+    from slimops.kernels import block_sparse, clip, fp8, int8_mm, masked_linear, quantize, weight_int8
 
-    ``cuda_cpp=False`` marks ops that have no CUDA C++ kernel at all (Triton is
-    their only GPU implementation), so Python registers their CUDA key.
-    """
-    for name, fn in impls.items():
-        _build._C._set_triton_impl(name, fn)
-        if not (cuda_cpp and _build.HAS_CUDA_KERNELS):
-            torch.library.register_kernel(f"slimops::{name}", "cuda", _behind_choice(name, fn))
+    modules = (block_sparse, clip, fp8, int8_mm, masked_linear, quantize, weight_int8)
+    impls = {}
+    for op in _build._C.ops:
+        if op["triton"]:
+            (impls[op["name"]],) = [getattr(m, op["name"]) for m in modules if hasattr(m, op["name"])]
+    _build._C._set_triton_impls(impls, _interpreting() and not torch.cuda.is_available())

@@ -1,7 +1,8 @@
 """Multi-tensor clip-norm: typed wrappers and fake impls.
 
-The schemas live in csrc/ops.cpp, the CPU kernels in csrc/cpu/clip.cpp, the
-CUDA ones in csrc/cuda/clip.cu and the Triton ones in kernels/clip.py. The
+The schemas and the op table live in csrc/ops.cpp, the checks in csrc/clip.cpp,
+the CPU kernels in csrc/cpu/clip.cpp, the CUDA ones in csrc/cuda/clip.cu and the
+Triton ones in kernels/clip.py. The
 semantics are those of :mod:`slimops.reference.clip`. Most users want
 :func:`slimops.clip_grad_norm_`, the drop-in for torch's.
 """
@@ -11,14 +12,8 @@ from __future__ import annotations
 import torch
 
 from slimops import _build
-from slimops.ops._checks import (
-    validate_clip_grad_norm_fused,
-    validate_max_norm,
-    validate_multi_tensor,
-    validate_norm_type,
-    validate_scalar_tensor,
-)
-from slimops.ops._triton import register_triton, triton_usable
+from slimops.ops._checks import cpp_checks
+from slimops.ops._checks_clip import norm_device
 
 
 def multi_tensor_norm(tensors: list[torch.Tensor], norm_type: float = 2.0, root: bool = True) -> torch.Tensor:
@@ -71,37 +66,18 @@ def clip_grad_norm_fused_(
     return torch.ops.slimops.clip_grad_norm_fused_.default(grads, max_norm, norm_type, inv_scale, found_inf)
 
 
-def _norm_device(tensors):
-    return tensors[0].device if tensors else torch.device("cpu")
-
-
 if _build.HAS_C:
 
     @torch.library.register_fake("slimops::multi_tensor_norm")
     def _multi_tensor_norm_fake(tensors, norm_type, root=True):
-        validate_multi_tensor(tensors, "multi_tensor_norm")
-        validate_norm_type(norm_type, "multi_tensor_norm")
-        return torch.empty((), dtype=torch.float32, device=_norm_device(tensors))
+        cpp_checks("multi_tensor_norm", tensors, norm_type, root)
+        return torch.empty((), dtype=torch.float32, device=norm_device(tensors))
 
     @torch.library.register_fake("slimops::multi_tensor_scale_")
     def _multi_tensor_scale_fake(tensors, total_norm, max_norm):
-        validate_multi_tensor(tensors, "multi_tensor_scale_")
-        validate_max_norm(max_norm, "multi_tensor_scale_")
-        if tensors:
-            validate_scalar_tensor(total_norm, "total_norm", tensors[0].device, "multi_tensor_scale_")
+        cpp_checks("multi_tensor_scale_", tensors, total_norm, max_norm)
 
     @torch.library.register_fake("slimops::clip_grad_norm_fused_")
     def _clip_grad_norm_fused_fake(grads, max_norm, norm_type, inv_scale=None, found_inf=None):
-        device = validate_clip_grad_norm_fused(grads, max_norm, norm_type, inv_scale, found_inf)
-        return torch.empty((), dtype=torch.float32, device=device)
-
-    if triton_usable():
-        from slimops.kernels import clip as _triton
-
-        register_triton(
-            {
-                "multi_tensor_norm": _triton.multi_tensor_norm,
-                "multi_tensor_scale_": _triton.multi_tensor_scale_,
-                "clip_grad_norm_fused_": _triton.clip_grad_norm_fused_,
-            }
-        )
+        cpp_checks("clip_grad_norm_fused_", grads, max_norm, norm_type, inv_scale, found_inf)
+        return torch.empty((), dtype=torch.float32, device=norm_device(grads))

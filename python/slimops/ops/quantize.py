@@ -1,6 +1,8 @@
-"""int8 quantize / dequantize: typed wrappers, fake impls and the CUDA-key implementation.
+"""int8 quantize / dequantize: typed wrappers and fake impls.
 
-The schemas live in csrc/ops.cpp and the CPU kernels in csrc/cpu/quantize.cpp.
+The schemas and the op table live in csrc/ops.cpp, the checks in csrc/quantize.cpp
+and the CPU kernels in csrc/cpu/quantize.cpp; on a GPU, CUDA C++
+(csrc/cuda/quantize.cu) or Triton (kernels/quantize.py) by the rule.
 The semantics, bit for bit, are those of :mod:`slimops.reference.quantize`.
 """
 
@@ -9,13 +11,8 @@ from __future__ import annotations
 import torch
 
 from slimops import _build
-from slimops.ops._triton import register_triton, triton_usable
-from slimops.ops._checks import (
-    channel_scale_shape,
-    validate_dequantize,
-    validate_quantize_per_channel,
-    validate_quantize_per_token,
-)
+from slimops.ops._checks import cpp_checks
+from slimops.ops._checks_quantize import channel_scale_shape, per_row_shapes
 
 
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,12 +73,13 @@ if _build.HAS_C:
 
     @torch.library.register_fake("slimops::quantize_per_token")
     def _quantize_per_token_fake(x):
-        validate_quantize_per_token(x)
-        return x.new_empty(x.shape, dtype=torch.int8), x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)
+        cpp_checks("quantize_per_token", x)
+        q_shape, scale_shape = per_row_shapes(x, "quantize_per_token")
+        return x.new_empty(q_shape, dtype=torch.int8), x.new_empty(scale_shape, dtype=torch.float32)
 
     @torch.library.register_fake("slimops::quantize_per_channel")
     def _quantize_per_channel_fake(x, axis, symmetric=True):
-        validate_quantize_per_channel(x, axis)
+        cpp_checks("quantize_per_channel", x, axis, symmetric)
         shape = channel_scale_shape(x, axis)
         return (
             x.new_empty(x.shape, dtype=torch.int8),
@@ -91,16 +89,5 @@ if _build.HAS_C:
 
     @torch.library.register_fake("slimops::dequantize")
     def _dequantize_fake(q, scale, zero_point, out_dtype):
-        validate_dequantize(q, scale, zero_point, out_dtype)
+        cpp_checks("dequantize", q, scale, zero_point, out_dtype)
         return q.new_empty(q.shape, dtype=out_dtype)
-
-    if triton_usable():
-        from slimops.kernels import quantize as _triton
-
-        register_triton(
-            {
-                "quantize_per_token": _triton.quantize_per_token,
-                "quantize_per_channel": _triton.quantize_per_channel,
-                "dequantize": _triton.dequantize,
-            }
-        )

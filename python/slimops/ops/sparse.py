@@ -1,6 +1,7 @@
-"""Masked and block-sparse linears: typed wrappers, fakes, autograd and GPU registration.
+"""Masked and block-sparse linears: typed wrappers, fakes and autograd.
 
-Schemas: csrc/ops.cpp. CPU kernels: csrc/cpu/sparse.cpp; ``block_sparse_pack``
+Schemas and the op table: csrc/ops.cpp; checks: csrc/sparse.cpp. CPU kernels:
+csrc/cpu/sparse.cpp; ``block_sparse_pack``
 is built from ATen ops for every device (csrc/sparse.cpp). GPU: Triton
 (kernels/masked_linear.py, kernels/block_sparse.py). Semantics:
 :mod:`slimops.reference.sparse`.
@@ -11,15 +12,9 @@ from __future__ import annotations
 import torch
 
 from slimops import _build
-from slimops.ops._checks_sparse import (
-    validate_block_sparse_linear,
-    validate_block_sparse_pack,
-    validate_masked_linear,
-    validate_masked_linear_grad_input,
-    validate_masked_linear_grad_weight,
-)
-from slimops.ops._triton import register_triton, triton_usable
-from slimops.ops.quant_mm import linear_with_input_grad
+from slimops.ops._autograd import linear_with_input_grad
+from slimops.ops._checks import cpp_checks, linear_shape
+from slimops.ops._checks_sparse import block_sparse_rows, grad_weight_shape, weight_rows
 
 
 def masked_linear(
@@ -108,22 +103,23 @@ if _build.HAS_C:
 
     @torch.library.register_fake("slimops::masked_linear")
     def _masked_linear_fake(x, weight, mask, bias=None):
-        g = validate_masked_linear(x, weight, mask, bias)
-        return x.new_empty((*x.shape[:-1], g.n))
+        cpp_checks("masked_linear", x, weight, mask, bias)
+        return x.new_empty(linear_shape(x, weight_rows("masked_linear", x, weight)))
 
     @torch.library.register_fake("slimops::masked_linear_grad_input")
     def _masked_linear_grad_input_fake(grad, weight, mask):
-        g = validate_masked_linear_grad_input(grad, weight, mask)
-        return grad.new_empty((*grad.shape[:-1], g.k))
+        cpp_checks("masked_linear_grad_input", grad, weight, mask)
+        weight_rows("masked_linear_grad_input", grad, weight, "grad")
+        return grad.new_empty(linear_shape(grad, weight.shape[1]))
 
     @torch.library.register_fake("slimops::masked_linear_grad_weight")
     def _masked_linear_grad_weight_fake(grad, x, mask):
-        g = validate_masked_linear_grad_weight(grad, x, mask)
-        return x.new_empty((g.n, g.k))
+        cpp_checks("masked_linear_grad_weight", grad, x, mask)
+        return x.new_empty(grad_weight_shape(grad, x))
 
     @torch.library.register_fake("slimops::block_sparse_pack")
     def _block_sparse_pack_fake(weight, mask, block_n, block_k):
-        validate_block_sparse_pack(weight, mask, block_n, block_k)
+        cpp_checks("block_sparse_pack", weight, mask, block_n, block_k)
         nnz = torch.library.get_ctx().new_dynamic_size()  # how many tiles are kept depends on the data
         rows = weight.shape[0] // block_n
         return (
@@ -134,8 +130,8 @@ if _build.HAS_C:
 
     @torch.library.register_fake("slimops::block_sparse_linear")
     def _block_sparse_linear_fake(x, values, row_ptr, col_idx, bias=None):
-        g = validate_block_sparse_linear(x, values, row_ptr, col_idx, bias)
-        return x.new_empty((*x.shape[:-1], g.n))
+        cpp_checks("block_sparse_linear", x, values, row_ptr, col_idx, bias)
+        return x.new_empty(linear_shape(x, block_sparse_rows(x, values, row_ptr)))
 
     def _setup_context(ctx, inputs, output):
         x, weight, mask, bias = inputs
@@ -154,18 +150,3 @@ if _build.HAS_C:
         return grad_x, grad_w, None, grad_b
 
     torch.library.register_autograd("slimops::masked_linear", _backward, setup_context=_setup_context)
-
-
-    if triton_usable():
-        from slimops.kernels import block_sparse as _block_sparse
-        from slimops.kernels import masked_linear as _masked
-
-        register_triton(
-            {
-                "masked_linear": _masked.masked_linear,
-                "masked_linear_grad_input": _masked.masked_linear_grad_input,
-                "masked_linear_grad_weight": _masked.masked_linear_grad_weight,
-                "block_sparse_linear": _block_sparse.block_sparse_linear,
-            },
-            cuda_cpp=False,
-        )

@@ -1,6 +1,6 @@
 """2:4 semi-structured sparsity: typed wrappers and fake impls.
 
-Schemas: csrc/ops.cpp. ``sparse24_compress`` is built from ATen ops for every
+Schemas and the op table: csrc/ops.cpp; checks: csrc/sparse24.cpp. ``sparse24_compress`` is built from ATen ops for every
 device (csrc/sparse24.cpp); ``sparse24_linear`` runs on the CPU by decoding to
 the dense weight (csrc/cpu/sparse24.cpp) and on a GPU on the sparse tensor
 cores, ``mma.sp`` in CUDA C++ (csrc/cuda/sparse24.cu; Triton has no sparse
@@ -13,20 +13,16 @@ The compressed form of a weight ``[N, K]`` (``nn.Linear`` layout) with at most
 * ``meta uint8 [N, K/8]``: byte ``j`` of row ``n`` holds the 2-bit positions
   (0..3 in their group) of the kept entries of inputs ``8j..8j+7``: 4 entries
   (2 per group, increasing position), entry ``e`` in bits ``2e..2e+1``.
-
-The validators below mirror csrc/sparse24.cpp message for message.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from slimops import _build
-from slimops.ops._checks import _check, _fail, check_dtype, check_float_input, check_same_device
-from slimops.ops._checks_quant_mm import MatmulGeometry
-from slimops.ops.quant_mm import linear_with_input_grad
+from slimops.ops._autograd import linear_with_input_grad
+from slimops.ops._checks import cpp_checks, linear_shape
+from slimops.ops._checks_sparse import sparse24_weight_shape, weight_rows
 
 
 def sparse24_compress(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,74 +88,16 @@ def sparse24_linear(
     return linear_with_input_grad(torch.ops.slimops.sparse24_linear.default, _sparse24_dense_weight, x, (values, meta), bias)
 
 
-def validate_sparse24_compress(weight: torch.Tensor) -> None:
-    op = "sparse24_compress"
-    check_float_input(weight, op, "weight")
-    _check(
-        weight.dim() == 2,
-        lambda: _fail(op, f"weight must be 2-D [out_features, in_features], got shape {list(weight.shape)}"),
-    )
-    _check(
-        weight.shape[1] % 8 == 0,
-        lambda: _fail(
-            op, f"weight has in_features K = {weight.shape[1]}, which must be a multiple of 8 "
-            "(each meta byte covers 8 inputs: 2 groups of 4)"
-        ),
-    )
-
-
-def validate_sparse24_linear(x, values, meta, bias) -> MatmulGeometry:
-    op = "sparse24_linear"
-    check_float_input(x, op, "x")
-    _check(x.dim() >= 1, lambda: _fail(op, "x must have at least 1 dimension [..., K], got a 0-d tensor"))
-    k = x.shape[-1]
-    _check(
-        values.layout == torch.strided,
-        lambda: _fail(op, f"values must be a dense (strided) tensor, got layout {values.layout}"),
-    )
-    _check(values.dim() == 2, lambda: _fail(op, f"values must be 2-D [N, K/2], got shape {list(values.shape)}"))
-    _check(values.dtype == x.dtype, lambda: _fail(op, f"values must have x's dtype {x.dtype}, got {values.dtype}"))
-    _check(
-        k % 8 == 0,
-        lambda: _fail(
-            op, f"x has K = {k}, which must be a multiple of 8 (each meta byte covers 8 inputs: 2 groups of 4)"
-        ),
-    )
-    _check(
-        values.shape[1] * 2 == k,
-        lambda: _fail(
-            op, f"values has {values.shape[1]} columns but x has K = {k} (mismatched K): "
-            f"values must be [N, K/2] = [N, {k // 2}]"
-        ),
-    )
-    n = values.shape[0]
-    check_dtype(meta, torch.uint8, op, "meta")
-    _check(
-        meta.dim() == 2 and meta.shape[0] == n and meta.shape[1] == k // 8,
-        lambda: _fail(op, f"meta must have shape [N, K/8] = [{n}, {k // 8}], got {list(meta.shape)}"),
-    )
-    check_same_device(x, values, op, "x", "values")
-    check_same_device(x, meta, op, "x", "meta")
-    if bias is not None:
-        check_float_input(bias, op, "bias")
-        _check(
-            bias.dim() == 1 and bias.shape[0] == n,
-            lambda: _fail(op, f"bias must have shape [{n}] (out_features), got {list(bias.shape)}"),
-        )
-        check_same_device(x, bias, op, "x", "bias")
-    return MatmulGeometry(math.prod(x.shape[:-1]), n, k)
-
-
 if _build.HAS_C:
 
     @torch.library.register_fake("slimops::sparse24_compress")
     def _sparse24_compress_fake(weight):
-        validate_sparse24_compress(weight)
-        n, k = weight.shape
+        cpp_checks("sparse24_compress", weight)
+        n, k = sparse24_weight_shape(weight)
         return weight.new_empty((n, k // 2)), weight.new_empty((n, k // 8), dtype=torch.uint8)
 
     @torch.library.register_fake("slimops::sparse24_linear")
     def _sparse24_linear_fake(x, values, meta, bias=None):
-        g = validate_sparse24_linear(x, values, meta, bias)
-        return x.new_empty((*x.shape[:-1], g.n))
+        cpp_checks("sparse24_linear", x, values, meta, bias)
+        return x.new_empty(linear_shape(x, weight_rows("sparse24_linear", x, values)))
 
