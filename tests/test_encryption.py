@@ -124,7 +124,8 @@ def test_the_round_trips_cover_every_converted_module_type():
     import slimops.nn as snn
 
     classes = {c for c in vars(snn).values() if isinstance(c, type) and issubclass(c, nn.Module)}
-    not_converted = {snn.ObservedLinear} | {c for c in classes if c.__name__.startswith("_") or c.__name__ == "PackedLinear"}
+    bases = {c for c in classes if c.__name__.startswith("_") or c.__name__ == "PackedLinear"}
+    not_converted = {snn.ObservedLinear} | bases
     covered = {cls for _, _, cls in MODULE_TYPES.values()}
     assert classes - not_converted <= covered, classes - not_converted - covered
 
@@ -200,7 +201,7 @@ def test_generate_key():
         lambda k: lambda: k,
         lambda k: lambda: k.hex(),
     ],
-    ids=["bytes", "bytearray", "hex", "HEX", "hex-whitespace", "base64", "urlsafe-unpadded", "callable", "callable-hex"],
+    ids=["bytes", "bytearray", "hex", "HEX", "hex-space", "base64", "urlsafe-unpadded", "callable", "callable-hex"],
 )
 def test_key_forms(form, tmp_path):
     key = bytes(range(100, 132))  # its base64 has '+' / '/' and URL-safe '-' / '_'

@@ -338,18 +338,23 @@ class Reader:
         if not preamble or not MAGIC.startswith(preamble[: len(MAGIC)]):
             raise ValueError(f"{who}: {path} is not an encrypted slimops file (it does not start with {MAGIC!r})")
         if len(preamble) < PREAMBLE_BYTES:
-            raise _corrupt(who, path, f"is truncated: {size} bytes, shorter than the {PREAMBLE_BYTES}-byte preamble")
+            raise _corrupt(
+                who, path, f"is truncated: {size} bytes, shorter than the {PREAMBLE_BYTES}-byte preamble"
+            )
         _, version, chunk_size, file_id, key_check, header_len = _PREAMBLE.unpack(preamble)
         if version > VERSION:
             raise ValueError(
-                f"{who}: {path} has format_version {version}, newer than this slimops reads ({VERSION}); upgrade slimops"
+                f"{who}: {path} has format_version {version}, newer than this slimops reads ({VERSION}); "
+                "upgrade slimops"
             )
         if version != VERSION:
             raise _corrupt(who, path, f"has an unknown encrypted format_version {version} (expected {VERSION})")
         if not 0 < chunk_size <= _MAX_CHUNK:
             raise _corrupt(who, path, f"has a chunk size of {chunk_size} bytes (expected 1 to {_MAX_CHUNK})")
         if not TAG_BYTES < header_len <= _MAX_HEADER:
-            raise _corrupt(who, path, f"has a header length of {header_len} bytes (expected {TAG_BYTES + 1} to {_MAX_HEADER})")
+            raise _corrupt(
+                who, path, f"has a header length of {header_len} bytes (expected {TAG_BYTES + 1} to {_MAX_HEADER})"
+            )
         aead, expected_check = _file_keys(key, file_id, who)
         if not hmac.compare_digest(key_check, expected_check):
             raise ValueError(
@@ -357,7 +362,9 @@ class Reader:
                 f"(or the file's preamble was altered); nothing was loaded"
             )
         if size < PREAMBLE_BYTES + header_len:
-            raise _corrupt(who, path, f"is truncated: {size} bytes, its header alone ends at {PREAMBLE_BYTES + header_len}")
+            raise _corrupt(
+                who, path, f"is truncated: {size} bytes, its header alone ends at {PREAMBLE_BYTES + header_len}"
+            )
         sealed = self._f.read(header_len)
         _, _, _, InvalidTag = _crypto(who)
         try:
@@ -389,6 +396,8 @@ class Reader:
             for start in range(0, s.nbytes, chunk_size):
                 n = min(chunk_size, s.nbytes - start)
                 sealed = view[: n + TAG_BYTES]
+                # NOTE: into a private buffer, not decrypted from an mmap of the file: a writer changing
+                # the file during the load could make the tag check and the decryption read different bytes.
                 if self._f.readinto(sealed) != n + TAG_BYTES:
                     raise _corrupt(self.who, self.path, f"is truncated inside tensor {s.name!r}")
                 nonce, aad = _nonce(_DATA, index), _aad(file_id, _DATA, index)
@@ -398,9 +407,8 @@ class Reader:
                     else:
                         dest[start : start + n] = aead.decrypt(nonce, sealed, aad)
                 except InvalidTag:
-                    raise _corrupt(
-                        self.who, self.path, f"has a data chunk ({index}, in tensor {s.name!r}) that fails authentication"
-                    ) from None
+                    what = f"has a data chunk ({index}, in tensor {s.name!r}) that fails authentication"
+                    raise _corrupt(self.who, self.path, what) from None
                 index += 1
             out[s.name] = t
         end = self._f.read(TAG_BYTES + 1)
