@@ -31,6 +31,7 @@ from slimops.quant import (
     PercentileObserver,
     prepare,
 )
+from slimops.encryption import generate_key
 from slimops.serialization import load, save
 from slimops import distill, prune  # noqa: F401  (slimops.prune.Pruner, slimops.distill.kd_loss)
 from slimops.prune import SparseConfig
@@ -72,6 +73,7 @@ __all__ = [
     "clip_grad_value_",
     "convert",
     "distill",
+    "generate_key",
     "install",
     "load",
     "plan",

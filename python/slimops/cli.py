@@ -1,4 +1,4 @@
-"""The ``slimops`` command: ``slimops demo``, ``slimops info`` and ``slimops bench``.
+"""The ``slimops`` command: ``slimops demo``, ``info``, ``bench``, and ``encrypt`` / ``decrypt`` / ``keygen``.
 
 Each subcommand is an ``_add_<name>(subparsers)`` function that registers its
 arguments and sets ``func``; a new subcommand adds one such function to
@@ -155,7 +155,99 @@ def _add_demo(sub) -> None:
     p.set_defaults(func=_demo)
 
 
-_SUBCOMMANDS = [_add_demo, _add_info, _add_bench]
+# ---- encrypted files ---------------------------------------------------------------------------------
+# The key comes from --key-file or SLIMOPS_MODEL_KEY, never from an argument: arguments show in process listings.
+
+_KEY_FILE_HELP = "file holding the key (32 raw bytes, or hex / base64 text); default: $SLIMOPS_MODEL_KEY"
+
+
+def _cli_key(args: argparse.Namespace, who: str) -> bytes:
+    from slimops import encryption
+
+    if args.key_file is not None:
+        return encryption.read_key_file(args.key_file, who)
+    key = encryption.resolve_key(None, who)
+    if key is None:
+        raise ValueError(
+            f"{who}: no key: pass --key-file PATH or set {encryption.ENV_VAR} (the key itself is never an "
+            "argument: it would show in process listings)"
+        )
+    return key
+
+
+def _crypt(args: argparse.Namespace) -> int:
+    from slimops import serialization
+
+    who = f"slimops {args.command}"
+    convert = serialization.encrypt_file if args.command == "encrypt" else serialization.decrypt_file
+    try:
+        convert(args.input, args.output, _cli_key(args, who))
+    except (ValueError, TypeError, ImportError) as e:
+        print(e, file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"{who}: {e}", file=sys.stderr)
+        return 2
+    print(f"{who}: wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _add_encrypt(sub) -> None:
+    # allow_abbrev=False: "--key HEX" must not pass for --key-file (the key would be in the process listing).
+    p = sub.add_parser(
+        "encrypt",
+        allow_abbrev=False,
+        help="encrypt a saved model (AES-256-GCM); the key from --key-file or $SLIMOPS_MODEL_KEY",
+        description="Encrypt a plain file written by slimops.save into OUT, which slimops.load(..., key=) reads.",
+    )
+    p.add_argument("input", metavar="IN", help="a plain slimops file (safetensors)")
+    p.add_argument("output", metavar="OUT", help="the encrypted file to write")
+    p.add_argument("--key-file", metavar="PATH", help=_KEY_FILE_HELP)
+    p.set_defaults(func=_crypt)
+
+
+def _add_decrypt(sub) -> None:
+    p = sub.add_parser(
+        "decrypt",
+        allow_abbrev=False,
+        help="decrypt an encrypted model into a plain slimops file; the key from --key-file or $SLIMOPS_MODEL_KEY",
+        description="Authenticate every byte of IN, then write it as a plain slimops file (safetensors) to OUT.",
+    )
+    p.add_argument("input", metavar="IN", help="an encrypted slimops file")
+    p.add_argument("output", metavar="OUT", help="the plain file to write")
+    p.add_argument("--key-file", metavar="PATH", help=_KEY_FILE_HELP)
+    p.set_defaults(func=_crypt)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from slimops.encryption import generate_key
+
+    key = generate_key().hex()
+    if args.path is None:
+        print(key)
+        return 0
+    try:
+        # O_EXCL: never overwrite a key (the models it encrypted would be lost); 0600: only the owner reads it.
+        fd = os.open(args.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        print(f"slimops keygen: {e}", file=sys.stderr)
+        return 2
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    print(f"slimops keygen: wrote a new key to {args.path} (readable by you only)", file=sys.stderr)
+    return 0
+
+
+def _add_keygen(sub) -> None:
+    p = sub.add_parser(
+        "keygen",
+        help="a new random 32-byte key, as hex: to PATH (created with mode 600, never overwritten) or stdout",
+    )
+    p.add_argument("path", metavar="PATH", nargs="?", help="key file to create (default: print the key)")
+    p.set_defaults(func=_keygen)
+
+
+_SUBCOMMANDS = [_add_demo, _add_info, _add_bench, _add_encrypt, _add_decrypt, _add_keygen]
 
 
 def build_parser() -> argparse.ArgumentParser:

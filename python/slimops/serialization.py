@@ -1,6 +1,6 @@
-"""``slimops.save`` / ``slimops.load``: a converted model's state in one safetensors file.
+"""``slimops.save`` / ``slimops.load``: a converted model's state in one file.
 
-The file holds ``model.state_dict()`` (int8 / fp8 weights and fp32 scales stay
+Without a key the file is safetensors. It holds ``model.state_dict()`` (int8 / fp8 weights and fp32 scales stay
 as they are) and three metadata strings:
 
 * ``format``: ``"slimops"``;
@@ -16,8 +16,17 @@ A ``torch.compile``'d model (or skeleton) is saved and loaded as the model it
 wraps: the file is the one the uncompiled model gives, without the
 ``_orig_mod.`` prefix the wrapper adds to every name.
 
+With a key (``key=`` or the ``SLIMOPS_MODEL_KEY`` environment variable) the file
+is format version 3, the AES-256-GCM container of :mod:`slimops.encryption`: the
+same tensors and the same three metadata strings (its ``format_version`` says how
+the state is laid out, 1 or 2), encrypted and authenticated in chunks. A load with
+a key refuses a plain file (it could have been swapped in: a plain file is not
+authenticated); ``key=False`` loads and saves plain files whatever the environment says.
+
 Versions:
 
+* 3: the encrypted container; inside, the state of version 2 (or of version 1, for a
+  version 1 file encrypted by ``slimops encrypt``).
 * 2: the quantized linears (``Int8DynamicLinear``, ``Int8WeightOnlyLinear``,
   ``Int8StaticLinear``, ``Fp8DynamicLinear``) store their int8 / fp8 weight as
   ``<fqn>.qweight`` (their ``weight`` describes the layer and is not stored).
@@ -35,7 +44,7 @@ import os
 import torch
 from torch import nn
 
-from slimops import _measure
+from slimops import _measure, encryption
 
 FORMAT = "slimops"
 FORMAT_VERSION = 2
@@ -73,52 +82,70 @@ def _tensors_for_file(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
-def save(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write ``model.state_dict()`` to ``path`` (safetensors) with the slimops metadata.
+def save(model: nn.Module, path: str | os.PathLike, key=None) -> None:
+    """Write ``model.state_dict()`` to ``path`` with the slimops metadata: safetensors, or encrypted with ``key``.
 
     Args:
         model: a model, usually after ``slimops.convert``; a ``torch.compile``'d one is
             saved as the model it wraps (the same file).
         path: the file to write.
+        key: encrypt with this 32-byte key: bytes, a hex or base64 str, or a callable that
+            returns one (see ``slimops.generate_key``). None: the ``SLIMOPS_MODEL_KEY``
+            environment variable if it is set, else a plain safetensors file (format
+            version 2). False: a plain file, whatever the environment says.
     """
-    from safetensors.torch import save_file
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"slimops.save: model must be a torch.nn.Module, got {type(model).__name__}")
+    secret = encryption.resolve_key(key, "slimops.save")
     model = _measure.unwrap_compiled(model)
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "modules": json.dumps(_slimops_modules(model), sort_keys=True),
     }
+    if secret is not None:
+        # One tensor at a time: the encrypted file never needs a second copy of the model.
+        state = model.state_dict()
+        encryption.write(path, secret, metadata, encryption.specs_of(state), state.__getitem__, "slimops.save")
+        return
+    from safetensors.torch import save_file
+
     save_file(_tensors_for_file(model.state_dict()), os.fspath(path), metadata=metadata)
 
 
-def _read_metadata(path: str) -> dict[str, str]:
-    from safetensors import safe_open
+def _read_metadata(path: str, who: str = "slimops.load") -> dict[str, str]:
+    """The checked metadata of a plain (safetensors) slimops file."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(path, framework="pt") as f:
-        metadata = f.metadata() or {}
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+    except SafetensorError as e:
+        raise ValueError(f"{who}: {path} is not a slimops file (neither safetensors nor encrypted: {e})") from None
+    return _check_metadata(path, metadata, who)
+
+
+def _check_metadata(path: str, metadata: dict[str, str], who: str = "slimops.load") -> dict[str, str]:
     fmt = metadata.get("format")
     if fmt != FORMAT:
-        raise ValueError(f"slimops.load: {path} is not a slimops file (format {fmt!r}, expected {FORMAT!r})")
+        raise ValueError(f"{who}: {path} is not a slimops file (format {fmt!r}, expected {FORMAT!r})")
     version = metadata.get("format_version")
     if version is None or not version.isdigit():
-        raise ValueError(f"slimops.load: {path} has an unknown format_version {version!r}")
+        raise ValueError(f"{who}: {path} has an unknown format_version {version!r}")
     if int(version) > FORMAT_VERSION:
         raise ValueError(
-            f"slimops.load: {path} has format_version {version}, newer than this slimops reads "
+            f"{who}: {path} has format_version {version}, newer than this slimops reads "
             f"({FORMAT_VERSION}); upgrade slimops"
         )
     if int(version) < 1:
-        raise ValueError(f"slimops.load: {path} has an unknown format_version {version!r}")
+        raise ValueError(f"{who}: {path} has an unknown format_version {version!r}")
     try:
         modules = json.loads(metadata.get("modules", ""))
     except json.JSONDecodeError as e:
-        raise ValueError(f"slimops.load: {path} has a corrupt 'modules' map ({e})") from None
+        raise ValueError(f"{who}: {path} has a corrupt 'modules' map ({e})") from None
     if not isinstance(modules, dict) or not all(isinstance(v, str) for v in modules.values()):
         raise ValueError(
-            f"slimops.load: {path} has a corrupt 'modules' map (expected a JSON object of fqn: class name, "
+            f"{who}: {path} has a corrupt 'modules' map (expected a JSON object of fqn: class name, "
             f"got {type(modules).__name__})"
         )
     return metadata
@@ -189,36 +216,132 @@ def _check_tensors(path: str, file: dict[str, torch.Tensor], want: dict[str, tor
             )
 
 
-def load(path: str | os.PathLike, skeleton: nn.Module) -> nn.Module:
+def _check_state(path: str, metadata, saved, state: dict[str, torch.Tensor], skeleton: nn.Module) -> None:
+    """Migrate a version 1 state in place, then check it against the skeleton's."""
+    if int(metadata["format_version"]) == 1:
+        _migrate_v1(path, saved, state, skeleton)
+    _check_tensors(path, state, skeleton.state_dict())
+
+
+def load(path: str | os.PathLike, skeleton: nn.Module, key=None) -> nn.Module:
     """Load a file written by :func:`save` into ``skeleton`` and return it.
 
+    All or nothing: every check (and, for an encrypted file, the authentication of
+    every byte) passes before the first tensor of ``skeleton`` is written; a load that
+    fails leaves it exactly as it was.
+
     Args:
-        path: the file (any version up to :data:`FORMAT_VERSION`; older ones are
-            migrated as the module docstring says).
+        path: the file (any version up to :data:`FORMAT_VERSION`, or an encrypted
+            one; older ones are migrated as the module docstring says).
         skeleton: the same architecture, converted with the same configs; its
             tensors are overwritten in place (on their own devices). A
             ``torch.compile``'d skeleton is loaded through the model it wraps.
+        key: the key the file was saved with, as :func:`save` takes it (None: the
+            ``SLIMOPS_MODEL_KEY`` environment variable if set). With a key, a plain
+            file is refused; False loads a plain file whatever the environment says.
 
     Returns:
         ``skeleton`` itself.
 
     Raises:
         ValueError: the file is not a slimops file, has a newer or unknown
-            format_version, or does not match the skeleton (module classes,
-            keys, dtypes or shapes).
+            format_version, does not match the skeleton (module classes, keys,
+            dtypes or shapes); or is encrypted and the key is missing or wrong, or
+            it is truncated or any byte of it was changed; or a key was given for
+            a plain file; or the key is malformed.
+        TypeError: ``skeleton`` is not a module, or ``key`` is not a key.
     """
-    from safetensors.torch import load_file
-
     if not isinstance(skeleton, nn.Module):
         raise TypeError(f"slimops.load: skeleton must be a torch.nn.Module, got {type(skeleton).__name__}")
     path = os.fspath(path)
-    metadata = _read_metadata(path)
+    secret = encryption.resolve_key(key, "slimops.load")
     plain = _measure.unwrap_compiled(skeleton)
-    saved = json.loads(metadata["modules"])
-    _check_modules(path, saved, plain)
-    state = load_file(path)
-    if int(metadata["format_version"]) == 1:
-        _migrate_v1(path, saved, state, plain)
-    _check_tensors(path, state, plain.state_dict())
+    if encryption.is_encrypted(path):
+        if secret is None:
+            raise ValueError(
+                f"slimops.load: {path} is encrypted: pass key= (or set {encryption.ENV_VAR}) to load it"
+            )
+        with encryption.Reader(path, secret, "slimops.load") as reader:
+            metadata = _check_metadata(path, reader.metadata)
+            saved = json.loads(metadata["modules"])
+            _check_modules(path, saved, plain)
+            # Before decrypting the data: a skeleton that does not fit fails fast.
+            meta = {s.name: torch.empty(s.shape, dtype=s.dtype, device="meta") for s in reader.specs}
+            _check_state(path, metadata, saved, meta, plain)
+            state = reader.tensors()
+    else:
+        if secret is not None:
+            raise ValueError(
+                f"slimops.load: {path} is not an encrypted slimops file, but a key was given (key= or "
+                f"{encryption.ENV_VAR}): "
+                "a plain file is not authenticated, so it is refused when a key is expected. Pass key=False "
+                "to load a plain file"
+            )
+        from safetensors.torch import load_file
+
+        metadata = _read_metadata(path)
+        saved = json.loads(metadata["modules"])
+        _check_modules(path, saved, plain)
+        state = load_file(path)
+    _check_state(path, metadata, saved, state, plain)
     plain.load_state_dict(state, strict=True)
     return skeleton
+
+
+def _refuse_same_file(src: str, dst: str, who: str) -> None:
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        raise ValueError(f"{who}: OUT must be another file than IN ({dst})")
+
+
+def encrypt_file(src: str | os.PathLike, dst: str | os.PathLike, key) -> None:
+    """Encrypt a plain slimops file (format version 1 or 2) into ``dst``, one tensor at a time.
+
+    ``dst`` holds the same tensors and metadata; :func:`load` with ``key`` reads it as it
+    would ``src``, and :func:`decrypt_file` gives ``src`` back. No skeleton is needed.
+
+    Args:
+        src: a plain file written by :func:`save` (or by slimops 1).
+        dst: the encrypted file to write (not ``src``).
+        key: as :func:`save` takes it; None reads ``SLIMOPS_MODEL_KEY``, which must then be set.
+    """
+    from safetensors import safe_open
+
+    who = "slimops encrypt"
+    src, dst = os.fspath(src), os.fspath(dst)
+    secret = encryption.resolve_key(key, who)
+    if secret is None:
+        raise ValueError(f"{who}: no key: pass key= or set {encryption.ENV_VAR}")
+    _refuse_same_file(src, dst, who)
+    if encryption.is_encrypted(src):
+        raise ValueError(f"{who}: {src} is encrypted already")
+    metadata = _read_metadata(src, who)
+    with safe_open(src, framework="pt") as f:
+        specs = encryption.safetensors_specs(f, who)
+        encryption.write(dst, secret, metadata, specs, f.get_tensor, who)
+
+
+def decrypt_file(src: str | os.PathLike, dst: str | os.PathLike, key) -> None:
+    """Decrypt an encrypted slimops file into a plain one (safetensors, the metadata it was saved with).
+
+    Every chunk is authenticated before ``dst`` is opened: a wrong key or a modified
+    file writes nothing.
+
+    Args:
+        src: an encrypted file written by :func:`save` or :func:`encrypt_file`.
+        dst: the plain file to write (not ``src``).
+        key: as :func:`load` takes it; None reads ``SLIMOPS_MODEL_KEY``, which must then be set.
+    """
+    from safetensors.torch import save_file
+
+    who = "slimops decrypt"
+    src, dst = os.fspath(src), os.fspath(dst)
+    secret = encryption.resolve_key(key, who)
+    if secret is None:
+        raise ValueError(f"{who}: no key: pass key= or set {encryption.ENV_VAR}")
+    _refuse_same_file(src, dst, who)
+    if not encryption.is_encrypted(src):
+        raise ValueError(f"{who}: {src} is not an encrypted slimops file")
+    with encryption.Reader(src, secret, who) as reader:
+        metadata = _check_metadata(src, reader.metadata, who)
+        tensors = reader.tensors()
+    save_file(tensors, dst, metadata=metadata)
