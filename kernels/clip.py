@@ -111,8 +111,6 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from slimops.kernels._gemm import device_guard
-
 from slimops.ops._checks import (
     validate_clip_grad_norm_fused,
     validate_max_norm,
@@ -120,6 +118,8 @@ from slimops.ops._checks import (
     validate_norm_type,
     validate_scalar_tensor,
 )
+
+from slimops.kernels._gemm import device_guard
 
 # Elements per chunk (one program each). 128 KiB of fp32: large enough that the
 # table stays small (Llama-1B: ~37k chunks), small enough for ~1k+ programs on

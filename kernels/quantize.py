@@ -51,14 +51,14 @@ import torch
 import triton
 import triton.language as tl
 
-from slimops.kernels._gemm import device_guard
-
 from slimops.ops._checks import (
     channel_scale_shape,
     validate_dequantize,
     validate_quantize_per_channel,
     validate_quantize_per_token,
 )
+
+from slimops.kernels._gemm import device_guard
 
 # Rows up to this many elements are quantized in one pass with the row held in
 # registers (x is read once); longer rows take a reduce pass and a quantize pass.
