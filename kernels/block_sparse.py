@@ -68,28 +68,35 @@ Weights" (OpenAI, 2017) and ``torch.sparse_bsr_tensor`` for the BSR layout.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from slimops.kernels._tiles import autotune, grouped_tile, m_bucket
+from slimops.kernels._gemm import (
+    INTERPRET,
+    MAX_M_BUCKET,
+    NO_AUTOTUNE,
+    BucketTable,
+    along_n,
+    config_id,
+    device_guard,
+    dot,
+    grouped_tile,
+    launch_meta,
+    m_bucket,
+    store_tile,
+    tile_grid,
+)
+from slimops.kernels._tiles import autotune
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-# SLIMOPS_TRITON_AUTOTUNE=0 takes the first candidate left after pruning instead
-# of timing them all: GPU tests set it, so they compile one config per shape class.
-NO_AUTOTUNE = os.environ.get("SLIMOPS_TRITON_AUTOTUNE") == "0"
 
 # M at or below this takes the swap-AB (decode) path with BLOCK_M = 16
 # (tl.dot needs every dimension >= 16).
 _SMALL_M = 16
 # M tiles per swizzle group (L2 reuse of a block row's tiles across neighbouring programs).
 _GROUP_M = 8
-# M buckets stop here: beyond it the best tile no longer depends on M.
-_MAX_M_BUCKET = 4096
 # Shared memory the pipeline buffers may take (H100/H200 allow 227 KB per block).
 _SMEM_BUDGET = 200 * 1024
 
@@ -116,15 +123,15 @@ _DECODE_CONFIGS = [
 # At 64 x 64 tiles a stage is (BLOCK_M + 64) * 64 * 2 bytes: 24 KB at BLOCK_M = 128.
 # The SWAP_AB candidates put the values tile on the MMA's M side and x^T on its wide
 # N side (wgmma m64n128 / m64n256 for BN = 64 instead of m64n64); they need BN >= 64.
-_GEMM_CONFIG_TABLE = [
+_GEMM_CONFIG_TABLE = BucketTable([
     (_cfg(32, False, warps=4, stages=5), 32, 64),
     (_cfg(64, False, warps=4, stages=5), 32, 512),
-    (_cfg(128, False, warps=8, stages=5), 128, _MAX_M_BUCKET),
-    (_cfg(128, False, warps=4, stages=5), 128, _MAX_M_BUCKET),
-    (_cfg(128, True, warps=4, stages=5), 128, _MAX_M_BUCKET),
-    (_cfg(256, False, warps=8, stages=4), 512, _MAX_M_BUCKET),
-    (_cfg(256, True, warps=8, stages=4), 512, _MAX_M_BUCKET),
-]
+    (_cfg(128, False, warps=8, stages=5), 128, MAX_M_BUCKET),
+    (_cfg(128, False, warps=4, stages=5), 128, MAX_M_BUCKET),
+    (_cfg(128, True, warps=4, stages=5), 128, MAX_M_BUCKET),
+    (_cfg(256, False, warps=8, stages=4), 512, MAX_M_BUCKET),
+    (_cfg(256, True, warps=8, stages=4), 512, MAX_M_BUCKET),
+])
 
 # M > 16 with fp32 x (FMA dot, K split in _IEEE_SUB_K steps): few rows per program,
 # 8 warps (4 spill at BN = 128).
@@ -141,17 +148,6 @@ _IEEE_SUB_K = 32
 # path so that M = 17..123 leaves partial M tiles.
 _INTERPRET_DECODE_META = {"BLOCK_M": 16, "SWAP_AB": True, "num_warps": 4, "num_stages": 1}
 _INTERPRET_GEMM_META = {"BLOCK_M": 32, "SWAP_AB": False, "num_warps": 4, "num_stages": 1}
-
-
-def _m_bucket(m: int) -> int:
-    return m_bucket(m, _MAX_M_BUCKET)
-
-
-def _config_id(c: triton.Config) -> tuple:
-    return (tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages)
-
-
-_GEMM_BUCKETS = {_config_id(c): (lo, hi) for c, lo, hi in _GEMM_CONFIG_TABLE}
 
 
 def _fit_smem(configs, kwargs, elem_bytes: int):
@@ -172,7 +168,7 @@ def _fit_smem(configs, kwargs, elem_bytes: int):
         if (stages - 1) * per_stage > _SMEM_BUDGET:
             continue  # even the shallowest pipeline does not fit: drop the tile
         cfg = triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=stages)
-        if _config_id(cfg) not in {_config_id(o) for o in out}:
+        if config_id(cfg) not in {config_id(o) for o in out}:
             out.append(cfg)
     return out
 
@@ -188,17 +184,8 @@ def _prune_decode_configs(configs, named_args, **kwargs):
 def _prune_gemm_configs(configs, named_args, **kwargs):
     if kwargs["IEEE_DOT"]:
         return _fit_smem(_GEMM_IEEE_CONFIGS, kwargs, 4)
-    bucket = named_args["M_BUCKET"]
-    kept = [c for c in configs if _GEMM_BUCKETS[_config_id(c)][0] <= bucket <= _GEMM_BUCKETS[_config_id(c)][1]]
-    return _fit_smem(kept or list(configs), kwargs, _elem_bytes(named_args))
-
-
-@triton.jit
-def _dot(a, b, acc, IEEE_DOT: tl.constexpr):
-    if IEEE_DOT:
-        return tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc)
+    kept = _GEMM_CONFIG_TABLE.for_bucket(configs, named_args["M_BUCKET"])
+    return _fit_smem(kept, kwargs, _elem_bytes(named_args))
 
 
 @triton.jit(do_not_specialize=["M", "M_BUCKET"])
@@ -279,28 +266,21 @@ def _block_sparse_linear_kernel(
             v = tl.load(v_ptrs + kk * stride_vk)
             if SWAP_AB:
                 xt = tl.load(x_ptrs + (x_off + kk * stride_xk), mask=x_in[None, :], other=0.0)
-                acc = _dot(v, xt, acc, IEEE_DOT)
+                acc = dot(v, xt, acc, IEEE_DOT)
             else:
                 xt = tl.load(x_ptrs + (x_off + kk * stride_xk), mask=x_in[:, None], other=0.0)
-                acc = _dot(xt, v, acc, IEEE_DOT)
+                acc = dot(xt, v, acc, IEEE_DOT)
         v_ptrs += stride_vt
         c_ptrs += stride_ci
 
     # Epilogue in fp32: bias, then one rounding to x.dtype. N is whole block rows: no N mask.
     cols = pid_r * BLOCK_N + offs_n
-    if SWAP_AB:
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + cols * stride_b).to(tl.float32)[:, None]
-        out_ptrs = out_ptr + offs_m.to(tl.int64)[None, :] * N + cols[:, None]
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_mask[None, :])
-    else:
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + cols * stride_b).to(tl.float32)[None, :]
-        out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * N + cols[None, :]
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None])
+    if HAS_BIAS:
+        acc += along_n(tl.load(b_ptr + cols * stride_b).to(tl.float32), SWAP_AB)
+    store_tile(out_ptr, acc, offs_m, cols, m_mask, None, N, SWAP_AB)
 
 
-if _INTERPRET or NO_AUTOTUNE:
+if INTERPRET or NO_AUTOTUNE:
     _decode_kernel = _gemm_kernel = _block_sparse_linear_kernel
 else:
     # Triton adds the tensor dtypes to the key.
@@ -311,15 +291,10 @@ else:
         prune_configs_by={"early_config_prune": _prune_decode_configs},
     )(_block_sparse_linear_kernel)
     _gemm_kernel = autotune(
-        configs=[c for c, _, _ in _GEMM_CONFIG_TABLE],
+        configs=_GEMM_CONFIG_TABLE.configs,
         key=_AUTOTUNE_KEY,
         prune_configs_by={"early_config_prune": _prune_gemm_configs},
     )(_block_sparse_linear_kernel)
-
-
-def _device_guard(t: torch.Tensor):
-    # Triton launches on the current CUDA device; make it the tensor's device.
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def block_sparse_linear(
@@ -360,30 +335,21 @@ def block_sparse_linear(
         return out.copy_(bias.expand_as(out)) if bias is not None else out.zero_()
     x2 = x.reshape(m, k)  # [M, K]; a view whenever the leading dims allow one
     decode = m <= _SMALL_M
-    bucket = _m_bucket(m)
+    bucket = m_bucket(m)
     ieee = x.dtype == torch.float32
-    rows = n // bn
     consts = {"BLOCK_N": bn, "BLOCK_K": bk, "IEEE_DOT": ieee, "SUB_K": min(bk, _IEEE_SUB_K) if ieee else bk}
     kernel = _decode_kernel if decode else _gemm_kernel
 
-    def grid(meta):
-        if meta["SWAP_AB"]:
-            return (rows, triton.cdiv(m, meta["BLOCK_M"]))
-        return (triton.cdiv(m, meta["BLOCK_M"]) * rows,)
-
-    if _INTERPRET:
-        meta = _INTERPRET_DECODE_META if decode else _INTERPRET_GEMM_META
-    elif NO_AUTOTUNE:
+    def first():
         named = {"x_ptr": x2, "M_BUCKET": bucket}
         if decode:
-            first = _prune_decode_configs(_DECODE_CONFIGS, named, **consts)[0]
-        else:
-            first = _prune_gemm_configs([c for c, _, _ in _GEMM_CONFIG_TABLE], named, **consts)[0]
-        meta = dict(first.kwargs, num_warps=first.num_warps, num_stages=first.num_stages)
-    else:
-        meta = {}
-    with _device_guard(x):
-        kernel[grid](
+            return _prune_decode_configs(_DECODE_CONFIGS, named, **consts)[0]
+        return _prune_gemm_configs(_GEMM_CONFIG_TABLE.configs, named, **consts)[0]
+
+    meta = launch_meta(_INTERPRET_DECODE_META if decode else _INTERPRET_GEMM_META, first)
+    with device_guard(x):
+        # BLOCK_N is the format's BN: one program row per block row, swapped or not as the config says.
+        kernel[tile_grid(m, n)](
             x2,
             values,
             row_ptr,

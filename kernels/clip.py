@@ -102,7 +102,6 @@ counter), the Triton grouped-GEMM tutorial (pointer tables cast with
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import OrderedDict
 from typing import NamedTuple
@@ -111,6 +110,8 @@ import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
+
+from slimops.kernels._gemm import device_guard
 
 # Elements per chunk (one program each). 128 KiB of fp32: large enough that the
 # table stays small (Llama-1B: ~37k chunks), small enough for ~1k+ programs on
@@ -555,11 +556,6 @@ def _get_plan(tensors: list[torch.Tensor], op: str) -> _Plan | None:
 # ----------------------------------------------------------------------------
 
 
-def _device_guard(device: torch.device):
-    # Triton launches on the current CUDA device; make it the tensors' device.
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
 def _norm_kind(norm_type: float) -> int:
     if math.isinf(norm_type):
         return _PINF
@@ -638,7 +634,7 @@ def multi_tensor_norm(tensors: list[torch.Tensor], norm_type: float, root: bool 
     """
     op = "multi_tensor_norm"  # arguments checked in C++ by the op before this is called
     device = _device_of(tensors)
-    with _device_guard(device):
+    with device_guard(device):
         plan = _get_plan(tensors, op)
         if plan is None:
             return torch.zeros((), dtype=torch.float32, device=device)
@@ -662,7 +658,7 @@ def multi_tensor_scale_(tensors: list[torch.Tensor], total_norm: torch.Tensor, m
     op = "multi_tensor_scale_"  # arguments checked in C++ by the op before this is called
     if not tensors:
         return
-    with _device_guard(tensors[0].device):
+    with device_guard(tensors[0].device):
         plan = _get_plan(tensors, op)
         if plan is not None:
             _launch_scale(plan, total_norm, max_norm, None)
@@ -694,7 +690,7 @@ def clip_grad_norm_fused_(
     """
     op = "clip_grad_norm_fused_"  # arguments checked in C++ by the op before this is called
     device = _device_of(grads)
-    with _device_guard(device):
+    with device_guard(device):
         plan = _get_plan(grads, op)
         if plan is None:
             return torch.zeros((), dtype=torch.float32, device=device)

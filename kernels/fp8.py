@@ -48,23 +48,16 @@ specification (OFP8) for e4m3fn (no infinities, max 448, subnormals 2**-9).
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 import triton
 import triton.language as tl
 
-from slimops.kernels.quantize import _abs_nan_as_inf, _div_rn
+from slimops.kernels._gemm import device_guard
+from slimops.kernels.quantize import _abs_nan_as_inf, _div_rn, _num_warps, _row_blocks
 
 _FP8_MAX = 448.0
-# Rows up to this many elements are quantized in one pass with the row held in
-# registers (x is read once); longer rows take an amax pass and a quantize pass.
-_MAX_ONE_PASS_K = 16384
-# Elements per program that we aim for when rows are short.
-_TILE = 4096
-# Chunk of a long row per loop iteration in the two-pass path.
-_TWO_PASS_BLOCK_K = 8192
 
 
 @triton.jit
@@ -154,16 +147,6 @@ def _quantize_fp8_per_row_kernel(
     tl.store(scale_ptr + rows, scale, mask=row_mask)
 
 
-def _device_guard(t: torch.Tensor):
-    # Triton launches on the current CUDA device; make it the tensor's device.
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
-
-
-def _num_warps(block: int) -> int:
-    # About 32 elements per thread, between 4 and 16 warps.
-    return min(16, max(4, block // 1024))
-
-
 def quantize_fp8_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic float8_e4m3fn quantization with one fp32 scale per row of the last dim.
 
@@ -185,15 +168,10 @@ def quantize_fp8_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     x2 = x.reshape(-1, n_cols)  # [n_rows, K]; a view whenever the leading dims allow one
 
-    if triton.next_power_of_2(n_cols) <= _MAX_ONE_PASS_K:
-        block_k = triton.next_power_of_2(n_cols)
-        block_m = min(max(1, _TILE // block_k), triton.next_power_of_2(n_rows))
-        one_pass = True
-    else:
-        block_k, block_m, one_pass = _TWO_PASS_BLOCK_K, 1, False
-
+    # Rows in registers up to 16384 elements, else an amax pass and a quantize pass (as int8 per-token).
+    block_m, block_k, one_pass = _row_blocks(n_rows, n_cols)
     grid = (triton.cdiv(n_rows, block_m),)
-    with _device_guard(x):
+    with device_guard(x):
         _quantize_fp8_per_row_kernel[grid](
             x2,
             q.view(torch.uint8),  # bits are computed by hand (see the module docstring)

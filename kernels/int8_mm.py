@@ -52,61 +52,55 @@ the W8A8 shapes.
 
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from slimops.kernels._tiles import autotune, grouped_tile, m_bucket
+from slimops.kernels._gemm import (
+    INTERPRET,
+    MAX_M_BUCKET,
+    NO_AUTOTUNE,
+    BucketTable,
+    config,
+    device_guard,
+    even_k,
+    grouped_tile,
+    launch_meta,
+    m_bucket,
+    store_tile,
+    tile_grid,
+)
+from slimops.kernels._tiles import autotune
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-# SLIMOPS_TRITON_AUTOTUNE=0 takes each M bucket's first candidate instead of
-# timing them all: GPU tests set it, so they compile one config per bucket.
-NO_AUTOTUNE = os.environ.get("SLIMOPS_TRITON_AUTOTUNE") == "0"
 
 # Row tiles per swizzle group (L2 reuse of the B tiles across neighbouring programs).
 _GROUP_M = 8
-# M buckets stop here: beyond it the best tile no longer depends on M.
-_MAX_M_BUCKET = 4096
-
-
-def _config(block_m: int, block_n: int, block_k: int, stages: int, warps: int) -> triton.Config:
-    return triton.Config(
-        {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}, num_stages=stages, num_warps=warps
-    )
-
+# M buckets start here: every decode batch shares the BLOCK_M = 16 tiles.
+_MIN_M_BUCKET = 16
 
 # (config, smallest M bucket, largest M bucket) it is a candidate for.
-_CONFIG_TABLE = [
+_CONFIG_TABLE = BucketTable([
     # Decode: memory bound on the weight. Narrow N tiles give >= 1 wave of
     # programs at N = 4096..11008; deep K tiles keep many bytes in flight.
-    (_config(16, 32, 256, stages=5, warps=4), 1, 32),
-    (_config(16, 64, 256, stages=4, warps=4), 1, 32),
-    (_config(16, 128, 128, stages=4, warps=4), 1, 32),
+    (config(16, 32, 256, stages=5, warps=4), 1, 32),
+    (config(16, 64, 256, stages=4, warps=4), 1, 32),
+    (config(16, 128, 128, stages=4, warps=4), 1, 32),
     # Medium M: one wgmma row block (m64).
-    (_config(64, 64, 128, stages=5, warps=4), 32, 512),
-    (_config(64, 128, 128, stages=4, warps=4), 32, 512),
+    (config(64, 64, 128, stages=5, warps=4), 32, 512),
+    (config(64, 128, 128, stages=4, warps=4), 32, 512),
     # Prefill: compute bound, large tiles; 48 KiB of A+B per stage at 128 x 256 x 128.
-    (_config(128, 128, 128, stages=4, warps=8), 128, _MAX_M_BUCKET),
-    (_config(128, 256, 128, stages=3, warps=8), 128, _MAX_M_BUCKET),
-    (_config(256, 128, 128, stages=3, warps=8), 1024, _MAX_M_BUCKET),
-]
+    (config(128, 128, 128, stages=4, warps=8), 128, MAX_M_BUCKET),
+    (config(128, 256, 128, stages=3, warps=8), 128, MAX_M_BUCKET),
+    (config(256, 128, 128, stages=3, warps=8), 1024, MAX_M_BUCKET),
+])
 
 # The interpreter's only tile: small, and smaller than the test shapes so that
 # partial M, N and K tiles all occur.
-_INTERPRET_META = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32}
-
-
-def _m_bucket(m: int) -> int:
-    return m_bucket(m, _MAX_M_BUCKET, floor=16)
+_INTERPRET_META = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    bucket = named_args["M_BUCKET"]
-    kept = [cfg for cfg, lo, hi in _CONFIG_TABLE if lo <= bucket <= hi]
-    return kept or list(configs)
+    return _CONFIG_TABLE.for_bucket(configs, named_args["M_BUCKET"])
 
 
 @triton.jit(do_not_specialize=["M", "M_BUCKET"])
@@ -171,20 +165,17 @@ def _int8_mm_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
         out = out + bias[None, :]
-    c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :]
-    tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+    store_tile(c_ptr, out, offs_m, offs_n, mask_m, mask_n, stride_cm, False)
 
 
-_even_k = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
-
-if _INTERPRET or NO_AUTOTUNE:
-    _int8_mm = _even_k(_int8_mm_kernel)
+if INTERPRET or NO_AUTOTUNE:
+    _int8_mm = even_k(_int8_mm_kernel)
 else:
     _int8_mm = autotune(
-        configs=[cfg for cfg, _, _ in _CONFIG_TABLE],
+        configs=_CONFIG_TABLE.configs,
         key=["M_BUCKET", "N", "K"],
         prune_configs_by={"early_config_prune": _prune_configs},
-    )(_even_k(_int8_mm_kernel))
+    )(even_k(_int8_mm_kernel))
 
 
 def int8_mm(
@@ -219,19 +210,10 @@ def int8_mm(
     b_scale = b_scale.reshape(-1).contiguous()  # [N]
     bias = bias.contiguous() if bias is not None else None  # [N]
 
-    def grid(meta):
-        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
-
-    if _INTERPRET:
-        meta = dict(_INTERPRET_META, num_warps=4, num_stages=1)
-    elif NO_AUTOTUNE:
-        cfg = next(c for c, lo, hi in _CONFIG_TABLE if lo <= _m_bucket(m) <= hi)
-        meta = dict(cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    else:
-        meta = {}
-    guard = torch.cuda.device(a.device) if a.is_cuda else contextlib.nullcontext()
-    with guard:
-        _int8_mm[grid](
+    bucket = m_bucket(m, floor=_MIN_M_BUCKET)
+    meta = launch_meta(_INTERPRET_META, lambda: _prune_configs(_CONFIG_TABLE.configs, {"M_BUCKET": bucket})[0])
+    with device_guard(a):
+        _int8_mm[tile_grid(m, n)](
             a,
             b,
             a_scale,
@@ -241,7 +223,7 @@ def int8_mm(
             m,
             n,
             k,
-            _m_bucket(m),
+            bucket,
             a.stride(0),
             a.stride(1),
             b.stride(0),

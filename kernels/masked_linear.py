@@ -68,34 +68,34 @@ weight-times-mask training scheme.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from slimops.kernels._tiles import autotune, grouped_tile, m_bucket
+from slimops.kernels._gemm import (
+    INTERPRET,
+    MAX_M_BUCKET,
+    NO_AUTOTUNE,
+    BucketTable,
+    config,
+    device_guard,
+    dot,
+    even_k,
+    grouped_tile,
+    launch_meta,
+    m_bucket,
+    tile_grid,
+)
+from slimops.kernels._tiles import autotune
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-# SLIMOPS_TRITON_AUTOTUNE=0 takes the first candidate left after pruning instead
-# of timing them all: GPU tests set it, so they compile one config per shape class.
-NO_AUTOTUNE = os.environ.get("SLIMOPS_TRITON_AUTOTUNE") == "0"
 
 # M at or below this takes the swap-AB (decode) path; BLOCK_M there is this value
 # (tl.dot needs every dimension >= 16).
 _SMALL_M = 16
 # Row tiles per swizzle group (L2 reuse of weight tiles across neighbouring programs).
 _GROUP_M = 8
-# M buckets stop here: beyond it the best tile no longer depends on M.
-_MAX_M_BUCKET = 4096
-
-
-def _cfg(block_m: int, block_n: int, block_k: int, warps: int, stages: int) -> triton.Config:
-    return triton.Config(
-        {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k}, num_warps=warps, num_stages=stages
-    )
 
 
 # Decode (M <= 16), fp16/bf16. Per stage: 3 * BLOCK_N * BLOCK_K (w + mask) + 32 * BLOCK_K (x).
@@ -103,38 +103,38 @@ def _cfg(block_m: int, block_n: int, block_k: int, warps: int, stages: int) -> t
 # Every tile here and below compiles for sm_90a without register spills (triton 3.9):
 # 16 x 512 K tiles and fp32 32 x 64 x 32 on 4 warps spilled, so they are not listed.
 _DECODE_CONFIGS = [
-    _cfg(16, 32, 256, warps=4, stages=4),  # 32 KB/stage
-    _cfg(16, 16, 256, warps=4, stages=4),  # 20 KB/stage
-    _cfg(16, 64, 128, warps=4, stages=4),  # 28 KB/stage
-    _cfg(16, 32, 128, warps=8, stages=5),  # 16 KB/stage
-    _cfg(16, 64, 256, warps=4, stages=3),  # 56 KB/stage
-    _cfg(16, 128, 128, warps=8, stages=3),  # 52 KB/stage
+    config(16, 32, 256, warps=4, stages=4),  # 32 KB/stage
+    config(16, 16, 256, warps=4, stages=4),  # 20 KB/stage
+    config(16, 64, 128, warps=4, stages=4),  # 28 KB/stage
+    config(16, 32, 128, warps=8, stages=5),  # 16 KB/stage
+    config(16, 64, 256, warps=4, stages=3),  # 56 KB/stage
+    config(16, 128, 128, warps=8, stages=3),  # 52 KB/stage
 ]
 
 # Decode with fp32 x (FMA dot). Per stage: 5 * BLOCK_N * BLOCK_K + 64 * BLOCK_K.
 _DECODE_IEEE_CONFIGS = [
-    _cfg(16, 32, 64, warps=4, stages=3),  # 14 KB/stage
-    _cfg(16, 64, 64, warps=4, stages=3),  # 24 KB/stage
-    _cfg(16, 32, 128, warps=4, stages=3),  # 28 KB/stage
+    config(16, 32, 64, warps=4, stages=3),  # 14 KB/stage
+    config(16, 64, 64, warps=4, stages=3),  # 24 KB/stage
+    config(16, 32, 128, warps=4, stages=3),  # 28 KB/stage
 ]
 
 # M > 16, fp16/bf16: (config, smallest M bucket, largest M bucket) it is a candidate for.
 # Per stage: 2 * BLOCK_M * BLOCK_K (x) + 3 * BLOCK_N * BLOCK_K (w + mask).
-_GEMM_CONFIG_TABLE = [
-    (_cfg(32, 64, 128, warps=4, stages=4), 32, 64),  # 32 KB/stage
-    (_cfg(32, 128, 64, warps=4, stages=4), 32, 64),  # 28 KB/stage
-    (_cfg(64, 64, 128, warps=4, stages=4), 64, 512),  # 40 KB/stage
-    (_cfg(64, 128, 64, warps=4, stages=4), 64, _MAX_M_BUCKET),  # 32 KB/stage
-    (_cfg(128, 128, 64, warps=8, stages=4), 128, _MAX_M_BUCKET),  # 40 KB/stage
-    (_cfg(128, 256, 64, warps=8, stages=3), 256, _MAX_M_BUCKET),  # 64 KB/stage
-]
+_GEMM_CONFIG_TABLE = BucketTable([
+    (config(32, 64, 128, warps=4, stages=4), 32, 64),  # 32 KB/stage
+    (config(32, 128, 64, warps=4, stages=4), 32, 64),  # 28 KB/stage
+    (config(64, 64, 128, warps=4, stages=4), 64, 512),  # 40 KB/stage
+    (config(64, 128, 64, warps=4, stages=4), 64, MAX_M_BUCKET),  # 32 KB/stage
+    (config(128, 128, 64, warps=8, stages=4), 128, MAX_M_BUCKET),  # 40 KB/stage
+    (config(128, 256, 64, warps=8, stages=3), 256, MAX_M_BUCKET),  # 64 KB/stage
+])
 
 # M > 16 with fp32 x: the "ieee" dot runs on FMA units and holds a BLOCK_K slab of both
 # operands per thread, so only small K tiles stay out of local-memory spills.
 _GEMM_IEEE_CONFIGS = [
-    _cfg(32, 64, 16, warps=4, stages=3),
-    _cfg(64, 64, 16, warps=4, stages=3),
-    _cfg(32, 64, 32, warps=8, stages=3),
+    config(32, 64, 16, warps=4, stages=3),
+    config(64, 64, 16, warps=4, stages=3),
+    config(32, 64, 32, warps=8, stages=3),
 ]
 
 
@@ -166,17 +166,6 @@ _INTERPRET_META = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, 
 _INTERPRET_GW_META = {"BLOCK_N": 16, "BLOCK_K": 16, "BLOCK_M": 32, "num_warps": 4, "num_stages": 1}
 
 
-def _m_bucket(m: int) -> int:
-    return m_bucket(m, _MAX_M_BUCKET)
-
-
-def _config_id(c: triton.Config) -> tuple:
-    return (tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages)
-
-
-_GEMM_BUCKETS = {_config_id(c): (lo, hi) for c, lo, hi in _GEMM_CONFIG_TABLE}
-
-
 def _prune_decode_configs(configs, named_args, **kwargs):
     return _DECODE_IEEE_CONFIGS if kwargs["IEEE_DOT"] else list(configs)
 
@@ -184,21 +173,11 @@ def _prune_decode_configs(configs, named_args, **kwargs):
 def _prune_gemm_configs(configs, named_args, **kwargs):
     if kwargs["IEEE_DOT"]:
         return _GEMM_IEEE_CONFIGS
-    bucket = named_args["M_BUCKET"]
-    kept = [c for c in configs if _GEMM_BUCKETS[_config_id(c)][0] <= bucket <= _GEMM_BUCKETS[_config_id(c)][1]]
-    return kept or list(configs)
+    return _GEMM_CONFIG_TABLE.for_bucket(configs, named_args["M_BUCKET"])
 
 
 def _prune_gw_configs(configs, named_args, **kwargs):
     return _GW_IEEE_CONFIGS if kwargs["IEEE_DOT"] else list(configs)
-
-
-@triton.jit
-def _dot(a, b, acc, IEEE_DOT: tl.constexpr):
-    if IEEE_DOT:
-        return tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc)
 
 
 @triton.jit(do_not_specialize=["M", "M_BUCKET"])
@@ -276,7 +255,7 @@ def _masked_linear_kernel(
             x = tl.load(x_ptrs, mask=x_in, other=0.0)
             # A select, not a multiply: a pruned inf/NaN weight is still an exact zero.
             w = tl.where(keep != 0, w, 0.0).to(dot_ty)
-            acc = _dot(w, x, acc, IEEE_DOT)
+            acc = dot(w, x, acc, IEEE_DOT)
         else:
             if EVEN_K:
                 x_in = m_mask[:, None]
@@ -289,12 +268,14 @@ def _masked_linear_kernel(
             w = tl.load(w_ptrs, mask=w_in, other=0.0)
             keep = tl.load(k_ptrs, mask=w_in, other=0)
             w = tl.where(keep != 0, w, 0.0).to(dot_ty)
-            acc = _dot(x, w, acc, IEEE_DOT)
+            acc = dot(x, w, acc, IEEE_DOT)
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
         k_ptrs += BLOCK_K * stride_mk
 
     # Epilogue in fp32: bias, then one rounding to x.dtype.
+    # NOTE: written out rather than _gemm.store_tile: the PTX would be the same, but the helper's
+    # inlined-scope line info changes ptxas's schedule for some tiles (so does _gemm.program_tile).
     if SWAP_AB:
         if HAS_BIAS:
             acc += tl.load(b_ptr + offs_n * stride_b, mask=n_mask, other=0.0).to(tl.float32)[:, None]
@@ -335,6 +316,7 @@ def _masked_grad_weight_kernel(
     # rounded before the fp32 sum.
     dot_ty = tl.float32 if IEEE_DOT else x_ptr.dtype.element_ty
     # Grouped ordering over the [N, K] output tiles: GROUP_M N tiles share each x column tile.
+    # NOTE: _gemm.grouped_tile written out, for the reason given at the epilogue above.
     pid = tl.program_id(0)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     num_pid_k = tl.cdiv(K, BLOCK_K)
@@ -363,7 +345,7 @@ def _masked_grad_weight_kernel(
             m_in = offs_m < M - m0
             g = tl.load(g_ptrs, mask=n_mask[:, None] & m_in[None, :], other=0.0)
             x = tl.load(x_ptrs, mask=m_in[:, None] & k_mask[None, :], other=0.0)
-        acc = _dot(g.to(dot_ty), x.to(dot_ty), acc, IEEE_DOT)
+        acc = dot(g.to(dot_ty), x.to(dot_ty), acc, IEEE_DOT)
         g_ptrs += BLOCK_M * stride_gm
         x_ptrs += BLOCK_M * stride_xm
 
@@ -376,10 +358,10 @@ def _masked_grad_weight_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
-_kernel = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})(_masked_linear_kernel)
+_kernel = even_k(_masked_linear_kernel)
 _gw_kernel = triton.heuristics({"EVEN_M": lambda args: args["M"] % args["BLOCK_M"] == 0})(_masked_grad_weight_kernel)
 
-if _INTERPRET or NO_AUTOTUNE:
+if INTERPRET or NO_AUTOTUNE:
     _decode_kernel = _gemm_kernel = _kernel
     _grad_weight_kernel = _gw_kernel
 else:
@@ -392,7 +374,7 @@ else:
         prune_configs_by={"early_config_prune": _prune_decode_configs},
     )(_kernel)
     _gemm_kernel = autotune(
-        configs=[c for c, _, _ in _GEMM_CONFIG_TABLE],
+        configs=_GEMM_CONFIG_TABLE.configs,
         key=_AUTOTUNE_KEY,
         prune_configs_by={"early_config_prune": _prune_gemm_configs},
     )(_kernel)
@@ -408,15 +390,6 @@ def _rows(t: torch.Tensor) -> int:
     return math.prod(t.shape[:-1])
 
 
-def _as_meta(c: triton.Config) -> dict:
-    return dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
-
-
-def _device_guard(t: torch.Tensor):
-    # Triton launches on the current CUDA device; make it the tensor's device.
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
-
-
 def _launch_linear(
     x2: torch.Tensor,  # [M, K] activation (grad_input: the output gradient)
     w: torch.Tensor,  # [N, K] weight (grad_input: its transpose), a view
@@ -427,32 +400,18 @@ def _launch_linear(
     m, k = x2.shape
     n = w.shape[0]
     swap = m <= _SMALL_M
-    bucket = _m_bucket(m)
+    bucket = m_bucket(m)
     ieee = x2.dtype == torch.float32
-    if swap:
-        kernel = _decode_kernel
+    kernel = _decode_kernel if swap else _gemm_kernel
 
-        def grid(meta):
-            return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_M"]))
-
-    else:
-        kernel = _gemm_kernel
-
-        def grid(meta):
-            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
-
-    if _INTERPRET:
-        meta = _INTERPRET_META
-    elif NO_AUTOTUNE:
+    def first():
         if swap:
-            first = _prune_decode_configs(_DECODE_CONFIGS, {}, IEEE_DOT=ieee)[0]
-        else:
-            first = _prune_gemm_configs([c for c, _, _ in _GEMM_CONFIG_TABLE], {"M_BUCKET": bucket}, IEEE_DOT=ieee)[0]
-        meta = _as_meta(first)
-    else:
-        meta = {}
-    with _device_guard(x2):
-        kernel[grid](
+            return _prune_decode_configs(_DECODE_CONFIGS, {}, IEEE_DOT=ieee)[0]
+        return _prune_gemm_configs(_GEMM_CONFIG_TABLE.configs, {"M_BUCKET": bucket}, IEEE_DOT=ieee)[0]
+
+    meta = launch_meta(_INTERPRET_META, first)
+    with device_guard(x2):
+        kernel[tile_grid(m, n)](
             x2,
             w,
             keep,
@@ -556,18 +515,13 @@ def masked_linear_grad_weight(grad: torch.Tensor, x: torch.Tensor, mask: torch.T
     x2 = x.reshape(m, k)  # [M, K]
     keep = mask.view(torch.uint8)  # [N, K]
     ieee = x.dtype == torch.float32 or grad.dtype != x.dtype
-    bucket = _m_bucket(m)
+    bucket = m_bucket(m)
 
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(k, meta["BLOCK_K"]),)
 
-    if _INTERPRET:
-        meta = _INTERPRET_GW_META
-    elif NO_AUTOTUNE:
-        meta = _as_meta(_prune_gw_configs(_GW_CONFIGS, {}, IEEE_DOT=ieee)[0])
-    else:
-        meta = {}
-    with _device_guard(x):
+    meta = launch_meta(_INTERPRET_GW_META, lambda: _prune_gw_configs(_GW_CONFIGS, {}, IEEE_DOT=ieee)[0])
+    with device_guard(x):
         _grad_weight_kernel[grid](
             g2,
             x2,

@@ -47,12 +47,13 @@ References: the Triton tutorial ``03-matrix-multiplication.py`` and Liger-Kernel
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 import triton
 import triton.language as tl
+
+from slimops.kernels._gemm import device_guard
 
 # Rows up to this many elements are quantized in one pass with the row held in
 # registers (x is read once); longer rows take a reduce pass and a quantize pass.
@@ -285,14 +286,19 @@ def _dequantize_kernel(
 # ----------------------------------------------------------------------------
 
 
-def _device_guard(t: torch.Tensor):
-    # Triton launches on the current CUDA device; make it the tensor's device.
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
-
-
 def _num_warps(block: int) -> int:
     # About 32 elements per thread, between 4 and 16 warps.
     return min(16, max(4, block // 1024))
+
+
+def _row_blocks(n_rows: int, n_cols: int) -> tuple[int, int, bool]:
+    """``(BLOCK_M, BLOCK_K, ONE_PASS)`` of a per-row quantizer: whole rows in registers up to
+    ``_MAX_ONE_PASS_K`` elements (several short rows per program), else one row per program
+    in ``_TWO_PASS_BLOCK_K`` chunks."""
+    if triton.next_power_of_2(n_cols) <= _MAX_ONE_PASS_K:
+        block_k = triton.next_power_of_2(n_cols)
+        return min(max(1, _TILE // block_k), triton.next_power_of_2(n_rows)), block_k, True
+    return 1, _TWO_PASS_BLOCK_K, False
 
 
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -317,15 +323,9 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if x2.stride(1) != 1:
         x2 = x2.contiguous()
 
-    if triton.next_power_of_2(n_cols) <= _MAX_ONE_PASS_K:
-        block_k = triton.next_power_of_2(n_cols)
-        block_m = min(max(1, _TILE // block_k), triton.next_power_of_2(n_rows))
-        one_pass = True
-    else:
-        block_k, block_m, one_pass = _TWO_PASS_BLOCK_K, 1, False
-
+    block_m, block_k, one_pass = _row_blocks(n_rows, n_cols)
     grid = (triton.cdiv(n_rows, block_m),)
-    with _device_guard(x):
+    with device_guard(x):
         _quantize_per_token_kernel[grid](
             x2,
             q,
@@ -375,7 +375,7 @@ def quantize_per_channel(
     block_o = min(triton.next_power_of_2(outer), max(1, _TILE // (block_c * block_i)))
 
     grid = (triton.cdiv(channels, block_c),)
-    with _device_guard(x):
+    with device_guard(x):
         _quantize_per_channel_kernel[grid](
             xc,
             q,
@@ -438,7 +438,7 @@ def dequantize(
     block_r = min(triton.next_power_of_2(n_rows), max(1, _TILE // block_i))
     n_inner_blocks = triton.cdiv(inner, block_i)
     grid = (triton.cdiv(n_rows, block_r) * n_inner_blocks,)
-    with _device_guard(q):
+    with device_guard(q):
         _dequantize_kernel[grid](
             qc,
             sc,

@@ -70,73 +70,69 @@ weight-only scheme (per-channel scales in nn.Linear layout).
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from slimops.kernels._tiles import autotune, m_bucket
+from slimops.kernels._gemm import (
+    INTERPRET,
+    MAX_M_BUCKET,
+    NO_AUTOTUNE,
+    BucketTable,
+    along_n,
+    config,
+    device_guard,
+    dot,
+    even_k,
+    launch_meta,
+    m_bucket,
+    store_tile,
+    tile_grid,
+)
+from slimops.kernels._tiles import autotune
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-# SLIMOPS_TRITON_AUTOTUNE=0 takes the first candidate left after pruning instead
-# of timing them all: GPU tests set it, so they compile one config per shape class.
-NO_AUTOTUNE = os.environ.get("SLIMOPS_TRITON_AUTOTUNE") == "0"
 
 # M at or below this takes the swap-AB (decode) path; BLOCK_M there is this value
 # (tl.dot needs every dimension >= 16).
 _SMALL_M = 16
 # Row tiles per swizzle group (L2 reuse of weight tiles across neighbouring programs).
 _GROUP_M = 8
-# M buckets stop here: beyond it the best tile no longer depends on M.
-_MAX_M_BUCKET = 4096
 
 # Decode (M <= 16): (BLOCK_N, BLOCK_K, num_warps, num_stages). BLOCK_M is 16.
 # BLOCK_N 16/32 give 256/128 programs at N = 4096 and 688/344 at N = 11008;
 # BLOCK_K 128..512 with 3-5 stages keep 16-64 KB of weight in flight per program.
 _DECODE_CONFIGS = [
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 512}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 256}, num_warps=4, num_stages=5),
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 512}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 128}, num_warps=4, num_stages=5),
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 256}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 128, "BLOCK_K": 128}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": 512}, num_warps=8, num_stages=3),
+    config(16, 16, 512, warps=4, stages=4),
+    config(16, 32, 256, warps=4, stages=5),
+    config(16, 32, 512, warps=4, stages=4),
+    config(16, 64, 128, warps=4, stages=5),
+    config(16, 64, 256, warps=4, stages=4),
+    config(16, 128, 128, warps=4, stages=4),
+    config(16, 64, 512, warps=8, stages=3),
 ]
 
 # M > 16: (config, smallest M bucket, largest M bucket) it is a candidate for.
-_GEMM_CONFIG_TABLE = [
-    (triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 128}, num_warps=4, num_stages=4), 32, 64),
-    (triton.Config({"BLOCK_M": 32, "BLOCK_N": 128, "BLOCK_K": 128}, num_warps=4, num_stages=4), 32, 64),
-    (triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 128}, num_warps=4, num_stages=4), 64, 512),
-    (triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=4, num_stages=4), 64, _MAX_M_BUCKET),
-    (triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64}, num_warps=8, num_stages=4), 128, _MAX_M_BUCKET),
-    (triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64}, num_warps=8, num_stages=3), 256, _MAX_M_BUCKET),
-]
+_GEMM_CONFIG_TABLE = BucketTable([
+    (config(32, 64, 128, warps=4, stages=4), 32, 64),
+    (config(32, 128, 128, warps=4, stages=4), 32, 64),
+    (config(64, 64, 128, warps=4, stages=4), 64, 512),
+    (config(64, 128, 64, warps=4, stages=4), 64, MAX_M_BUCKET),
+    (config(128, 128, 64, warps=8, stages=4), 128, MAX_M_BUCKET),
+    (config(128, 256, 64, warps=8, stages=3), 256, MAX_M_BUCKET),
+])
 
 # M > 16 with fp32 x: the "ieee" dot runs on FMA units and holds a BLOCK_K slab of both
 # operands per thread, so only small K tiles stay out of local-memory spills.
 _GEMM_IEEE_CONFIGS = [
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16}, num_warps=4, num_stages=3),
+    config(32, 64, 32, warps=4, stages=3),
+    config(64, 64, 16, warps=4, stages=3),
 ]
 
 # Interpreter tiles: small; BLOCK_K = 32 exercises every grouped mode with small test
 # shapes (group 32, 64, 96 -> one scale per tile; 8, 16 -> broadcast; 24, 48 -> gather).
 _INTERPRET_META = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4, "num_stages": 1}
-
-
-def _m_bucket(m: int) -> int:
-    return m_bucket(m, _MAX_M_BUCKET)
-
-
-def _config_id(c: triton.Config) -> tuple:
-    return (tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages)
-
-
-_GEMM_BUCKETS = {_config_id(c): (lo, hi) for c, lo, hi in _GEMM_CONFIG_TABLE}
 
 
 def _gathers_scales(config: triton.Config, grouped: bool, group_size: int) -> bool:
@@ -163,17 +159,7 @@ def _prune_decode_configs(configs, named_args, **kwargs):
 def _prune_gemm_configs(configs, named_args, **kwargs):
     if kwargs["IEEE_DOT"]:
         return _cap_gather_stages(_GEMM_IEEE_CONFIGS, kwargs)
-    bucket = named_args["M_BUCKET"]
-    kept = [c for c in configs if _GEMM_BUCKETS[_config_id(c)][0] <= bucket <= _GEMM_BUCKETS[_config_id(c)][1]]
-    return _cap_gather_stages(kept or configs, kwargs)
-
-
-@triton.jit
-def _dot(a, b, acc, IEEE_DOT: tl.constexpr):
-    if IEEE_DOT:
-        return tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc)
+    return _cap_gather_stages(_GEMM_CONFIG_TABLE.for_bucket(configs, named_args["M_BUCKET"]), kwargs)
 
 
 @triton.jit(do_not_specialize=["M", "M_BUCKET"])
@@ -210,6 +196,8 @@ def _weight_int8_linear_kernel(
         pid_m = tl.program_id(1)
     else:
         # Grouped ordering: GROUP_M row tiles share each weight column tile in L2.
+        # NOTE: _gemm.grouped_tile written out: calling it leaves the PTX the same but its
+        # inlined-scope line info changes ptxas's schedule (the gather-mode tiles).
         pid = tl.program_id(0)
         num_pid_m = tl.cdiv(M, BLOCK_M)
         num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -261,18 +249,17 @@ def _weight_int8_linear_kernel(
         if not GROUPED:
             # Exact integers in the dot; scale[n] multiplies the accumulator in the epilogue.
             if SWAP_AB:
-                acc = _dot(w.to(dot_ty), x, acc, IEEE_DOT)
+                acc = dot(w.to(dot_ty), x, acc, IEEE_DOT)
             else:
-                acc = _dot(x, w.to(dot_ty), acc, IEEE_DOT)
+                acc = dot(x, w.to(dot_ty), acc, IEEE_DOT)
         elif GROUP_SIZE % BLOCK_K == 0:
             # The whole K tile lies in group k0 // GROUP_SIZE: one scale per output channel.
             s = tl.load(s_ptr + s_rows + (k0 // GROUP_SIZE) * stride_sg, mask=n_mask, other=0.0).to(tl.float32)
             if SWAP_AB:
-                part = _dot(w.to(dot_ty), x, tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE_DOT)
-                acc += part * s[:, None]
+                part = dot(w.to(dot_ty), x, tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32), IEEE_DOT)
             else:
-                part = _dot(x, w.to(dot_ty), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE_DOT)
-                acc += part * s[None, :]
+                part = dot(x, w.to(dot_ty), tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32), IEEE_DOT)
+            acc += part * along_n(s, SWAP_AB)
         elif BLOCK_K % GROUP_SIZE == 0:
             # BLOCK_K // GROUP_SIZE whole groups per K tile (power-of-two group sizes below
             # BLOCK_K): load those few scales and broadcast each over its group in registers.
@@ -283,46 +270,37 @@ def _weight_int8_linear_kernel(
                 s = tl.load(s_ptr + s_rows[:, None] + g[None, :] * stride_sg, mask=s_mask, other=0.0)
                 s = tl.broadcast_to(s.to(tl.float32)[:, :, None], (BLOCK_N, BLOCK_K // GROUP_SIZE, GROUP_SIZE))
                 s = tl.reshape(s, (BLOCK_N, BLOCK_K))
-                acc = _dot((w.to(tl.float32) * s).to(dot_ty), x, acc, IEEE_DOT)
+                acc = dot((w.to(tl.float32) * s).to(dot_ty), x, acc, IEEE_DOT)
             else:
                 s_mask = g_mask[:, None] & n_mask[None, :]
                 s = tl.load(s_ptr + g[:, None] * stride_sg + s_rows[None, :], mask=s_mask, other=0.0)
                 s = tl.broadcast_to(s.to(tl.float32)[:, None, :], (BLOCK_K // GROUP_SIZE, GROUP_SIZE, BLOCK_N))
                 s = tl.reshape(s, (BLOCK_K, BLOCK_N))
-                acc = _dot(x, (w.to(tl.float32) * s).to(dot_ty), acc, IEEE_DOT)
+                acc = dot(x, (w.to(tl.float32) * s).to(dot_ty), acc, IEEE_DOT)
         else:
             # Any other group size (not a power of two): gather each weight's scale.
             g = ((k0 + offs_k) // GROUP_SIZE) * stride_sg
             if SWAP_AB:
                 s = tl.load(s_ptr + s_rows[:, None] + g[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0)
-                acc = _dot((w.to(tl.float32) * s.to(tl.float32)).to(dot_ty), x, acc, IEEE_DOT)
+                acc = dot((w.to(tl.float32) * s.to(tl.float32)).to(dot_ty), x, acc, IEEE_DOT)
             else:
                 s = tl.load(s_ptr + g[:, None] + s_rows[None, :], mask=k_mask[:, None] & n_mask[None, :], other=0.0)
-                acc = _dot(x, (w.to(tl.float32) * s.to(tl.float32)).to(dot_ty), acc, IEEE_DOT)
+                acc = dot(x, (w.to(tl.float32) * s.to(tl.float32)).to(dot_ty), acc, IEEE_DOT)
 
         w_ptrs += BLOCK_K * stride_wk
         x_ptrs += BLOCK_K * stride_xk
 
     # Epilogue in fp32: per-channel scale, bias, then one rounding to x.dtype.
-    if SWAP_AB:
-        if not GROUPED:
-            acc = acc * tl.load(s_ptr + s_rows, mask=n_mask, other=0.0).to(tl.float32)[:, None]
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[:, None]
-        out_ptrs = out_ptr + offs_m.to(tl.int64)[None, :] * N + offs_n[:, None]
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=n_mask[:, None] & m_mask[None, :])
-    else:
-        if not GROUPED:
-            acc = acc * tl.load(s_ptr + s_rows, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-        out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+    if not GROUPED:
+        acc = acc * along_n(tl.load(s_ptr + s_rows, mask=n_mask, other=0.0).to(tl.float32), SWAP_AB)
+    if HAS_BIAS:
+        acc += along_n(tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32), SWAP_AB)
+    store_tile(out_ptr, acc, offs_m, offs_n, m_mask, n_mask, N, SWAP_AB)
 
 
-_kernel = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})(_weight_int8_linear_kernel)
+_kernel = even_k(_weight_int8_linear_kernel)
 
-if _INTERPRET or NO_AUTOTUNE:
+if INTERPRET or NO_AUTOTUNE:
     _decode_kernel = _gemm_kernel = _kernel
 else:
     # Triton adds the tensor dtypes to the key.
@@ -333,25 +311,18 @@ else:
         prune_configs_by={"early_config_prune": _prune_decode_configs},
     )(_kernel)
     _gemm_kernel = autotune(
-        configs=[c for c, _, _ in _GEMM_CONFIG_TABLE],
+        configs=_GEMM_CONFIG_TABLE.configs,
         key=_AUTOTUNE_KEY,
         prune_configs_by={"early_config_prune": _prune_gemm_configs},
     )(_kernel)
 
 
-def _first_config(swap: bool, bucket: int, grouped: bool, group_size: int, ieee: bool) -> dict:
-    """The config the autotuner would try first, as launch meta-parameters."""
+def _first_config(swap: bool, bucket: int, grouped: bool, group_size: int, ieee: bool) -> triton.Config:
+    """The config the autotuner would try first."""
     kw = {"GROUPED": grouped, "GROUP_SIZE": group_size, "IEEE_DOT": ieee}
     if swap:
-        c = _prune_decode_configs(_DECODE_CONFIGS, {}, **kw)[0]
-    else:
-        c = _prune_gemm_configs([c for c, _, _ in _GEMM_CONFIG_TABLE], {"M_BUCKET": bucket}, **kw)[0]
-    return dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
-
-
-def _device_guard(t: torch.Tensor):
-    # Triton launches on the current CUDA device; make it the tensor's device.
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+        return _prune_decode_configs(_DECODE_CONFIGS, {}, **kw)[0]
+    return _prune_gemm_configs(_GEMM_CONFIG_TABLE.configs, {"M_BUCKET": bucket}, **kw)[0]
 
 
 def weight_int8_linear(
@@ -384,29 +355,13 @@ def weight_int8_linear(
     # K == 0 has no weights to scale: every group size is moot, take the per-channel path.
     grouped = groups > 1 and k > 0
     swap = m <= _SMALL_M
-    bucket = _m_bucket(m)
-
-    if swap:
-        kernel = _decode_kernel
-
-        def grid(meta):
-            return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(m, meta["BLOCK_M"]))
-
-    else:
-        kernel = _gemm_kernel
-
-        def grid(meta):
-            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
-
+    bucket = m_bucket(m)
+    kernel = _decode_kernel if swap else _gemm_kernel
     group_size = k // groups if grouped else 1
-    if _INTERPRET:
-        meta = _INTERPRET_META
-    elif NO_AUTOTUNE:
-        meta = _first_config(swap, bucket, grouped, group_size, x.dtype == torch.float32)
-    else:
-        meta = {}
-    with _device_guard(x):
-        kernel[grid](
+    ieee = x.dtype == torch.float32
+    meta = launch_meta(_INTERPRET_META, lambda: _first_config(swap, bucket, grouped, group_size, ieee))
+    with device_guard(x):
+        kernel[tile_grid(m, n)](
             x2,
             weight,
             s2,
@@ -425,7 +380,7 @@ def weight_int8_linear(
             HAS_BIAS=bias is not None,
             GROUPED=grouped,
             GROUP_SIZE=group_size,
-            IEEE_DOT=x.dtype == torch.float32,
+            IEEE_DOT=ieee,
             SWAP_AB=swap,
             GROUP_M=_GROUP_M,
             **meta,

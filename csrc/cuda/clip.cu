@@ -51,6 +51,7 @@
 #include <vector>
 
 #include "clip.h"
+#include "cuda/common.cuh"
 #include "cuda/nan_math.cuh"
 
 #if defined(CUDART_VERSION) && CUDART_VERSION >= 12010
@@ -73,7 +74,6 @@ constexpr int64_t kMaxGrid = 0x7fffffff;  // gridDim.x
 constexpr int kSmallCap = 256;
 constexpr int kLargeCap = 2048;
 
-enum DtypeCode : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2 };
 enum NormKind : int { kL1 = 0, kL2 = 1, kLinf = 2, kLp = 3 };
 
 // ---------------------------------------------------------------- launch metadata
@@ -115,59 +115,9 @@ static_assert(sizeof(TensorTable<kLargeCap>) + sizeof(NormArgs) <= 32764, "large
 
 // ---------------------------------------------------------------- elements
 
-// Element types as their bits: 16-byte vectors of kVec elements, unpacked to fp32.
-struct F32 {
-  using Bits = uint32_t;
-  static constexpr int kVec = 4;
-  static __device__ __forceinline__ float to_float(Bits b) { return __uint_as_float(b); }
-  static __device__ __forceinline__ Bits from_float(float f) { return __float_as_uint(f); }
-  static __device__ __forceinline__ void unpack(const uint4& r, float (&f)[kVec]) {
-    f[0] = __uint_as_float(r.x);
-    f[1] = __uint_as_float(r.y);
-    f[2] = __uint_as_float(r.z);
-    f[3] = __uint_as_float(r.w);
-  }
-  static __device__ __forceinline__ uint4 pack(const float (&f)[kVec]) {
-    return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
-  }
-};
-
-struct F16 {
-  using Bits = uint16_t;
-  static constexpr int kVec = 8;
-  static __device__ __forceinline__ float to_float(Bits b) { return __half2float(__ushort_as_half(b)); }
-  static __device__ __forceinline__ Bits from_float(float f) { return __half_as_ushort(__float2half_rn(f)); }
-  static __device__ __forceinline__ void unpack2(uint32_t w, float& lo, float& hi) {
-    __half2 h;
-    memcpy(&h, &w, sizeof(h));
-    const float2 v = __half22float2(h);
-    lo = v.x;
-    hi = v.y;
-  }
-  static __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    uint32_t w;
-    memcpy(&w, &h, sizeof(w));
-    return w;
-  }
-};
-
-struct BF16 {
-  using Bits = uint16_t;
-  static constexpr int kVec = 8;
-  static __device__ __forceinline__ float to_float(Bits b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
-  static __device__ __forceinline__ Bits from_float(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
-  static __device__ __forceinline__ void unpack2(uint32_t w, float& lo, float& hi) {
-    lo = __uint_as_float(w << 16);
-    hi = __uint_as_float(w & 0xffff0000u);
-  }
-  static __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    uint32_t w;
-    memcpy(&w, &h, sizeof(w));
-    return w;
-  }
-};
+// 16-byte vectors of kVec<E> elements, unpacked to fp32.
+template <typename E>
+constexpr int kVec = 16 / sizeof(typename E::Bits);
 
 // 16-bit types: element 2k sits in the low half of word k (little endian).
 template <typename E>
@@ -184,18 +134,21 @@ __device__ __forceinline__ uint4 pack(const float (&f)[8]) {
 }
 
 template <typename E>
-__device__ __forceinline__ void unpack_vec(const uint4& r, float (&f)[E::kVec]) {
-  if constexpr (E::kVec == 4) {
-    E::unpack(r, f);
+__device__ __forceinline__ void unpack_vec(const uint4& r, float (&f)[kVec<E>]) {
+  if constexpr (kVec<E> == 4) {
+    f[0] = __uint_as_float(r.x);
+    f[1] = __uint_as_float(r.y);
+    f[2] = __uint_as_float(r.z);
+    f[3] = __uint_as_float(r.w);
   } else {
     unpack<E>(r, f);
   }
 }
 
 template <typename E>
-__device__ __forceinline__ uint4 pack_vec(const float (&f)[E::kVec]) {
-  if constexpr (E::kVec == 4) {
-    return E::pack(f);
+__device__ __forceinline__ uint4 pack_vec(const float (&f)[kVec<E>]) {
+  if constexpr (kVec<E> == 4) {
+    return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
   } else {
     return pack<E>(f);
   }
@@ -281,7 +234,7 @@ template <typename E>
 struct Split {
   int head, nvec, tail_start, tail;
   __device__ __forceinline__ Split(const typename E::Bits* p, int len) {
-    constexpr int V = E::kVec;
+    constexpr int V = kVec<E>;
     const int mis = static_cast<int>((reinterpret_cast<uintptr_t>(p) & 15u) / sizeof(typename E::Bits));
     head = mis == 0 ? 0 : min(V - mis, len);
     nvec = (len - head) / V;
@@ -292,7 +245,7 @@ struct Split {
 
 template <typename E, typename Visitor>
 __device__ __forceinline__ void norm_range(const typename E::Bits* __restrict__ p, int len, Visitor& vis) {
-  constexpr int V = E::kVec;
+  constexpr int V = kVec<E>;
   const Split<E> s(p, len);
   const int t = threadIdx.x;
   if (t < s.head) vis(E::to_float(p[t]), 0);
@@ -426,7 +379,7 @@ __device__ __forceinline__ float clip_coef(float max_norm, float norm) {
 
 template <typename E, bool HAS_INV>
 __device__ __forceinline__ void scale_range(typename E::Bits* __restrict__ p, int len, float inv, float coef) {
-  constexpr int V = E::kVec;
+  constexpr int V = kVec<E>;
   // (x * inv) * coef: two fp32 products in this order, rounded once to E.
   auto apply = [inv, coef](float x) { return HAS_INV ? (x * inv) * coef : x * coef; };
   const Split<E> s(p, len);
@@ -480,7 +433,6 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---------------------------------------------------------------- host helpers
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 struct Item {
   void* ptr;
@@ -510,17 +462,6 @@ bool large_params_supported() {
 #else
   return false;
 #endif
-}
-
-uint8_t dtype_code(c10::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return kF32;
-    case at::kHalf:
-      return kF16;
-    default:
-      return kBF16;  // validate_multi_tensor admits only these three
-  }
 }
 
 // Checks that every tensor is a CUDA tensor, element aligned (vector loads

@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "quantize.h"
+#include "cuda/common.cuh"
 #include "cuda/nan_math.cuh"
 
 namespace slimops {
@@ -52,42 +53,6 @@ constexpr float kRoundMagic = 12582912.0f;
 constexpr int kThreads = 256;
 
 // ---------------------------------------------------------------- elements
-
-template <typename T>
-struct Elem;
-
-template <>
-struct Elem<float> {
-  using Bits = uint32_t;
-  static __device__ __forceinline__ float to_float(Bits b) { return __uint_as_float(b); }
-  static __device__ __forceinline__ Bits from_float(float f) { return __float_as_uint(f); }
-};
-
-template <>
-struct Elem<at::Half> {
-  using Bits = uint16_t;
-  static __device__ __forceinline__ float to_float(Bits b) { return __half2float(__ushort_as_half(b)); }
-  static __device__ __forceinline__ Bits from_float(float f) { return __half_as_ushort(__float2half_rn(f)); }
-  static __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    uint32_t u;
-    memcpy(&u, &h, sizeof(u));
-    return u;
-  }
-};
-
-template <>
-struct Elem<at::BFloat16> {
-  using Bits = uint16_t;
-  static __device__ __forceinline__ float to_float(Bits b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
-  static __device__ __forceinline__ Bits from_float(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
-  static __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    uint32_t u;
-    memcpy(&u, &h, sizeof(u));
-    return u;
-  }
-};
 
 // N consecutive elements moved by one load or store (16 bytes at most).
 template <typename B, int N>
@@ -670,10 +635,6 @@ int sm_count() {
   return n;
 }
 
-bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // Smallest power of two >= n, at most `cap` (a power of two).
 int next_pow2(int64_t n, int cap) {
   int p = 1;
@@ -829,10 +790,6 @@ void launch_dequantize(const at::Tensor& q, const at::Tensor& scale, const int32
         qp, sp, zp, op, g.nchunks, g.per_row, g.C, g.step_col, g.step_chan);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-void check_cuda(const at::Tensor& t, const char* op, const char* name) {
-  SLIMOPS_CHECK(t.is_cuda(), op, name, " must be a CUDA tensor, got ", t.device());
 }
 
 }  // namespace

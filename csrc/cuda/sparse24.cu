@@ -99,28 +99,17 @@
 #include <vector>
 
 #include "sparse24.h"
+#include "cuda/common.cuh"
 
 namespace slimops {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int64_t kMaxGridY = 65535;
 // Positions (0, 1) in every group: the metadata of padding (rows past N, inputs past K), whose values are 0.
 constexpr uint32_t kMetaPad = 0x44444444u;
 // The decode kernel serves M up to this; the tiled one above it. Not measured yet: see bench/.
 constexpr int64_t kDecodeMaxM = 64;
-
-enum DtypeCode : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
-
-struct F16 {
-  static __device__ __forceinline__ uint16_t from_float(float f) { return __half_as_ushort(__float2half_rn(f)); }
-};
-struct BF16 {
-  static __device__ __forceinline__ uint16_t from_float(float f) {
-    return __bfloat16_as_ushort(__float2bfloat16_rn(f));
-  }
-};
 
 // bias [N] of any float dtype and stride, read in place (converting it first would cost a launch).
 struct BiasParam {
@@ -132,7 +121,7 @@ struct BiasParam {
     const int64_t off = n * stride;
     if (dtype == kF32) return __ldg(static_cast<const float*>(ptr) + off);
     const uint16_t b = __ldg(static_cast<const unsigned short*>(ptr) + off);
-    return dtype == kF16 ? __half2float(__ushort_as_half(b)) : __uint_as_float(static_cast<uint32_t>(b) << 16);
+    return dtype == kF16 ? F16::to_float(b) : BF16::to_float(b);
   }
 };
 
@@ -614,14 +603,6 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // ---------------------------------------------------------------- host
 
-bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-void check_cuda(const at::Tensor& t, const char* op, const char* name) {
-  SLIMOPS_CHECK(t.is_cuda(), op, name, " must be a CUDA tensor, got ", t.device());
-}
-
 // A contiguous copy starting on a 16-byte boundary, unless t already is one.
 at::Tensor contiguous_aligned(const at::Tensor& t) {
   if (t.is_contiguous() && aligned(t.const_data_ptr(), 16)) return t;
@@ -677,12 +658,6 @@ void run(const Problem& p, cudaStream_t stream) {
   } else {
     launch_decode<E, 2, 4, 1>(p, stream);  // chunks of 32 tokens
   }
-}
-
-int dtype_code(c10::ScalarType t) {
-  if (t == at::kHalf) return kF16;
-  if (t == at::kBFloat16) return kBF16;
-  return kF32;  // validated: float32, float16 or bfloat16
 }
 
 }  // namespace

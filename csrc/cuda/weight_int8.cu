@@ -62,13 +62,13 @@
 #include <vector>
 
 #include "quant_mm.h"
+#include "cuda/common.cuh"
 
 namespace slimops {
 namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int64_t kMaxGridY = 65535;
 
 // SIMT kernel: output rows per warp (each weight vector load is reused by the
 // MC tokens of the chunk; each x load by the kSimtRows rows).
@@ -82,39 +82,6 @@ constexpr int kSimtMaxTokens = 8;
 // without a cross-block reduction.
 constexpr int kMmaRows = 16;
 constexpr int kStep = 64;  // k per warp step: 4 lanes x 16 bytes of each weight row
-
-enum DtypeCode : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
-
-// ---------------------------------------------------------------- elements
-
-struct F32 {
-  using Bits = uint32_t;
-  static __device__ __forceinline__ float to_float(Bits b) { return __uint_as_float(b); }
-  static __device__ __forceinline__ Bits from_float(float f) { return __float_as_uint(f); }
-};
-
-struct F16 {
-  using Bits = uint16_t;
-  static __device__ __forceinline__ float to_float(Bits b) { return __half2float(__ushort_as_half(b)); }
-  static __device__ __forceinline__ Bits from_float(float f) { return __half_as_ushort(__float2half_rn(f)); }
-  static __device__ __forceinline__ void unpack2(uint32_t w, float& lo, float& hi) {
-    __half2 h;
-    memcpy(&h, &w, sizeof(h));
-    const float2 v = __half22float2(h);
-    lo = v.x;
-    hi = v.y;
-  }
-};
-
-struct BF16 {
-  using Bits = uint16_t;
-  static __device__ __forceinline__ float to_float(Bits b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
-  static __device__ __forceinline__ Bits from_float(float f) { return __bfloat16_as_ushort(__float2bfloat16_rn(f)); }
-  static __device__ __forceinline__ void unpack2(uint32_t w, float& lo, float& hi) {
-    lo = __uint_as_float(w << 16);
-    hi = __uint_as_float(w & 0xffff0000u);
-  }
-};
 
 // A float32/float16/bfloat16 tensor of at most 2 dims (scale, bias), read one
 // element at a time with its own strides; the dtype is a kernel argument, so
@@ -517,20 +484,6 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------- host helpers
-
-bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-void check_cuda(const at::Tensor& t, const char* op, const char* name) {
-  SLIMOPS_CHECK(t.is_cuda(), op, name, " must be a CUDA tensor, got ", t.device());
-}
-
-int dtype_code(c10::ScalarType t) {
-  if (t == at::kHalf) return kF16;
-  if (t == at::kBFloat16) return kBF16;
-  return kF32;  // validated: float32, float16 or bfloat16
-}
 
 FloatParam float_param(const at::Tensor& t) {  // t: [L] or [L, C]
   FloatParam p;
