@@ -147,7 +147,7 @@ def test_int8_mm_extreme_values_at_the_int32_limit(impl, a_val, b_val):
 
 def _run_with_isa(isa: str, code: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "SLIMOPS_CPU_ISA": isa}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=600, check=False
     )

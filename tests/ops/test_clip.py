@@ -315,7 +315,7 @@ def test_clip_grad_norm_nonfinite(bad, norm_type):
 
 def test_clip_grad_norm_refuses_what_torch_refuses():
     """A sparse gradient: torch's error, nothing scaled. (A max_norm < 0 or NaN, or a norm_type <= 0 or NaN,
-    torch takes, and so does slimops: tests/test_clip_dropin.py.)"""
+    torch takes, and so does slimops: tests/nn_convert/test_clip_dropin.py.)"""
     params = _params(1, [torch.float32], none_frac=0.0, n=3)
     before = [p.grad.clone() for p in params]
     sparse = torch.nn.Parameter(torch.randn(4, 4))
