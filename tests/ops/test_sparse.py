@@ -1,4 +1,9 @@
-"""Masked and block-sparse linears: every implementation against the float64 reference, plus the op contract."""
+"""Masked and block-sparse linears: what the op test table (tests/ops/op_db.py) cannot say.
+
+Pruned weights through optimizer steps, inf/NaN in pruned weights, bad block sizes, malformed
+indices and bad input. The ops against the reference, their gradients, opcheck and torch.compile
+run from the table.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,8 @@ import torch
 
 import slimops
 from slimops.reference import sparse as ref
-from tests.backends import (
-    EPS,
-    IMPLS,
-    TRITON_ONLY,
-    _interp,
-    assert_within,
-    gen,
-    get_impl,
-    random_rows,
-    skip_missing,
-    skip_unsupported,
-)
+from tests.backends import IMPLS, TRITON_ONLY, gen, get_impl, skip_missing
+from tests.ops.op_db import OP_DB_BY_NAME
 
 pytestmark = pytest.mark.usefixtures("poison_empty")
 
@@ -32,71 +27,7 @@ def _mask(n, k, density, seed):
     return torch.rand(n, k, generator=gen(seed)) < density
 
 
-def _bound(a_abs_mm, exact, dtype, k):
-    """fp32 accumulation of k products of inputs of ``dtype``, then one rounding to ``dtype``."""
-    return (k + 2) * EPS[torch.float32] * a_abs_mm * 1.01 + EPS[dtype] * exact.abs() * 1.01 + 2.0**-24
-
-
 # ---------------------------------------------------------------- masked_linear
-
-MASKED_CASES = [((m, 37), 17, 0.5) for m in range(1, 18)] + [((2, 3, 64), 5, 0.1), ((123, 16), 33, 0.9), ((4, 5), 1, 0.5)]
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("xshape,n,density", MASKED_CASES)
-def test_masked_linear_forward_and_grads(impl, xshape, n, density, dtype):
-    skip_missing(impl, "masked_linear")
-    skip_unsupported(impl, dtype)
-    k = xshape[-1]
-    x = random_rows(xshape, dtype, "cpu", seed=n + k) * 2**-6
-    w = torch.randn(n, k, generator=gen(n)).to(dtype)
-    mask = _mask(n, k, density, seed=k)
-    bias = torch.randn(n, generator=gen(3)).to(dtype)
-    grad = random_rows((*xshape[:-1], n), dtype, "cpu", seed=7) * 2**-6
-    d = lambda t: t.to(impl.device)  # noqa: E731
-    y = impl.masked_linear(d(x), d(w), d(mask), d(bias))
-    gx = impl.masked_linear_grad_input(d(grad), d(w), d(mask))
-    gw = impl.masked_linear_grad_weight(d(grad), d(x), d(mask))
-    assert y.shape == (*xshape[:-1], n) and y.dtype == dtype
-    assert gx.shape == x.shape and gx.dtype == dtype and gw.shape == (n, k) and gw.dtype == dtype
-    wm = (w.double() * mask).abs()
-    exact = ref.masked_linear(x.double(), w.double(), mask, bias.double())
-    assert_within(y, exact, _bound(x.double().abs() @ wm.t(), exact, dtype, k) + EPS[dtype] * bias.double().abs(),
-                  "masked_linear")
-    exact_gx = ref.masked_linear_grad_input(grad.double(), w.double(), mask)
-    assert_within(gx, exact_gx, _bound(grad.double().abs() @ wm, exact_gx, dtype, n), "grad_input")
-    exact_gw = ref.masked_linear_grad_weight(grad.double(), x.double(), mask)
-    rows = x.numel() // k
-    mag = grad.reshape(-1, n).double().abs().t() @ x.reshape(-1, k).double().abs()
-    assert_within(gw, exact_gw, _bound(mag, exact_gw, dtype, rows), "grad_weight")
-    assert (gw.cpu()[~mask] == 0).all(), "pruned weights must get an exact zero gradient"
-
-
-@pytest.mark.parametrize("layout", ["sliced", "transposed", "stepped"])
-def test_masked_linear_strided_inputs(impl, layout):
-    skip_missing(impl, "masked_linear")
-    x = random_rows((9, 48), torch.float32, "cpu", seed=1, layout=layout)
-    w = torch.randn(20, 48, generator=gen(2)).t().contiguous().t()  # a non-contiguous weight too
-    mask = _mask(20, 48, 0.3, 3)
-    y = impl.masked_linear(x.to(impl.device), w.to(impl.device), mask.to(impl.device), None)
-    exact = ref.masked_linear(x.double(), w.double(), mask)
-    assert_within(y, exact, _bound(x.double().abs() @ (w.double() * mask).abs().t(), exact, torch.float32, 48),
-                  f"masked_linear {layout}")
-
-
-def test_masked_linear_autograd_matches_reference():
-    x = torch.randn(6, 40, dtype=torch.float64).float().requires_grad_()
-    w = torch.randn(12, 40).requires_grad_()
-    b = torch.randn(12).requires_grad_()
-    mask = _mask(12, 40, 0.4, 5)
-    y = slimops.ops.masked_linear(x, w, mask, b)
-    (y * torch.arange(12)).sum().backward()
-    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
-    y64 = x64 @ (w64 * mask).t() + b64
-    (y64 * torch.arange(12)).sum().backward()
-    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(w.grad.double(), w64.grad * mask, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(b.grad.double(), b64.grad, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("make_opt", [
@@ -121,6 +52,17 @@ def test_pruned_weights_stay_zero_through_optimizer_steps(make_opt):
 # ---------------------------------------------------------------- block-sparse
 
 
+def test_block_sparse_pack_round_trips():
+    """The table holds block_sparse_pack to the reference; this holds the packed form to the weight
+    (slimops.ops.block_sparse_to_dense), on the table's samples."""
+    for sample in OP_DB_BY_NAME["block_sparse_pack"].sample_inputs("cpu", torch.float32, seed=0):
+        w, mask, bn, bk = sample.args
+        packed = slimops.ops.block_sparse_pack(w, mask, bn, bk)
+        want = w if mask is None else w * mask
+        assert torch.equal(slimops.ops.block_sparse_to_dense(*packed, w.shape[1]), want), sample.desc
+        assert torch.equal(ref.block_sparse_to_dense(*packed, w.shape[1]), want), sample.desc
+
+
 def _block_weight(n, k, bn, bk, density, seed, dtype=torch.float32):
     g = gen(seed)
     keep = torch.rand(n // bn, k // bk, generator=g) < density
@@ -128,114 +70,9 @@ def _block_weight(n, k, bn, bk, density, seed, dtype=torch.float32):
     return (torch.randn(n, k, generator=g) * mask).to(dtype), mask
 
 
-@pytest.mark.parametrize("density", [0.0, 0.25, 1.0])
-@pytest.mark.parametrize("blocks", [(16, 16), (32, 16), (16, 32)])
-def test_block_sparse_pack_matches_reference(density, blocks):
-    bn, bk = blocks
-    w, mask = _block_weight(64, 96, bn, bk, density, seed=bn + bk)
-    for m in (None, mask):
-        got = slimops.ops.block_sparse_pack(w, m, bn, bk)
-        want = ref.block_sparse_pack(w, m, bn, bk)
-        for a, b in zip(got, want):
-            assert a.dtype == b.dtype and torch.equal(a, b)
-        assert torch.equal(ref.block_sparse_to_dense(*got, 96), w)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("m", [*range(1, 18), 123])
-def test_block_sparse_linear(impl, m, dtype):
-    skip_missing(impl, "block_sparse_linear")
-    skip_unsupported(impl, dtype)
-    bn, bk = (16, 32) if m % 2 else (32, 16)
-    w, _ = _block_weight(64, 96, bn, bk, density=0.4, seed=m, dtype=dtype)
-    values, row_ptr, col_idx = ref.block_sparse_pack(w, None, bn, bk)
-    x = random_rows((m, 96), dtype, "cpu", seed=m) * 2**-6
-    bias = torch.randn(64, generator=gen(m)).to(dtype)
-    d = lambda t: t.to(impl.device)  # noqa: E731
-    y = impl.block_sparse_linear(d(x), d(values), d(row_ptr), d(col_idx), d(bias))
-    assert y.shape == (m, 64) and y.dtype == dtype
-    exact = ref.block_sparse_linear(x.double(), values.double(), row_ptr, col_idx, bias.double())
-    bound = _bound(x.double().abs() @ w.double().abs().t(), exact, dtype, 96) + EPS[dtype] * bias.double().abs()
-    assert_within(y, exact, bound, f"block_sparse_linear M={m}")
-
-
-@pytest.mark.parametrize("density", [0.0, 1.0])
-def test_block_sparse_linear_empty_and_full(impl, density):
-    skip_missing(impl, "block_sparse_linear")
-    w, _ = _block_weight(32, 64, 16, 16, density, seed=4)
-    packed = ref.block_sparse_pack(w, None, 16, 16)
-    x = random_rows((2, 3, 64), torch.float32, "cpu", seed=5, layout="contiguous")
-    y = impl.block_sparse_linear(x.to(impl.device), *(t.to(impl.device) for t in packed), None)
-    exact = ref.block_sparse_linear(x.double(), packed[0].double(), packed[1], packed[2])
-    assert y.shape == (2, 3, 32)
-    assert_within(y, exact, _bound(x.double().abs() @ w.double().abs().t(), exact, torch.float32, 64), "full/empty")
-
-
 # ---------------------------------------------------------------- contract
 
 OPS = torch.ops.slimops
-
-
-def _sample_args(device):
-    d = lambda t: t.to(device)  # noqa: E731
-    x = random_rows((5, 48), torch.float32, "cpu", seed=1) * 2**-4
-    w, mask = torch.randn(32, 48, generator=gen(1)), _mask(32, 48, 0.5, 1)
-    grad = torch.randn(5, 32, generator=gen(2))
-    bw, _ = _block_weight(32, 48, 16, 16, 0.5, seed=3)
-    packed = ref.block_sparse_pack(bw, None, 16, 16)
-    return [
-        (OPS.masked_linear.default, (d(x), d(w), d(mask), d(torch.randn(32)))),
-        (OPS.masked_linear_grad_input.default, (d(grad), d(w), d(mask))),
-        (OPS.masked_linear_grad_weight.default, (d(grad), d(x), d(mask))),
-        (OPS.block_sparse_linear.default, (d(x), *(d(t) for t in packed), None)),
-    ]
-
-
-def test_opcheck_cpu():
-    for op, args in _sample_args("cpu"):
-        torch.library.opcheck(op, args)
-    w, _ = _block_weight(32, 48, 16, 16, 0.5, seed=3)
-    # block_sparse_pack's output size depends on the data: its fake uses a dynamic size.
-    torch.library.opcheck(OPS.block_sparse_pack.default, (w, None, 16, 16),
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
-
-
-@pytest.mark.gpu
-def test_opcheck_gpu():
-    for op, args in _sample_args("cuda"):
-        torch.library.opcheck(op, args)
-
-
-@pytest.mark.skipif(not _interp, reason="needs triton and TRITON_INTERPRET=1")
-def test_opcheck_triton_launchers_under_interpreter():
-    # The real ops with Triton forced on CPU tensors: C++ checks, launcher and fake together.
-    with slimops.use_backend("triton"):
-        for op, args in _sample_args("cpu"):
-            torch.library.opcheck(op, args)
-
-
-def _train_step(x, w, mask, b):
-    y = slimops.ops.masked_linear(x, w, mask, b)
-    return y.relu().sum()
-
-
-def test_torch_compile_fullgraph_forward_and_backward():
-    torch._dynamo.reset()
-    compiled = torch.compile(_train_step, fullgraph=True)
-    mask = _mask(16, 32, 0.5, 1)
-    for rows in (5, 9, 3):
-        x = torch.randn(rows, 32)
-        w1, b1 = torch.randn(16, 32, requires_grad=True), torch.randn(16, requires_grad=True)
-        w2, b2 = w1.detach().clone().requires_grad_(), b1.detach().clone().requires_grad_()
-        compiled(x, w1, mask, b1).backward()
-        _train_step(x, w2, mask, b2).backward()
-        torch.testing.assert_close(w1.grad, w2.grad, rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(b1.grad, b2.grad, rtol=1e-6, atol=1e-6)
-    w, _ = _block_weight(32, 64, 16, 16, 0.5, seed=2)
-    packed = slimops.ops.block_sparse_pack(w, None, 16, 16)
-    lin = torch.compile(slimops.ops.block_sparse_linear, fullgraph=True)
-    x = torch.randn(7, 64)
-    torch.testing.assert_close(lin(x, *packed), slimops.ops.block_sparse_linear(x, *packed), rtol=0, atol=0)
 
 
 def _bad_inputs(device):
