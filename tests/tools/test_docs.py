@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = ("README.md", "TECHNIQUES.md")
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 

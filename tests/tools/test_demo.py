@@ -20,7 +20,7 @@ from slimops.nn import BlockSparseLinear, Int8DynamicLinear, MaskedConv2d, Maske
 
 
 def tiny_model() -> nn.Module:
-    """A ``--model tests.test_demo:tiny_model`` factory."""
+    """A ``--model tests.tools.test_demo:tiny_model`` factory."""
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
 
 
@@ -58,7 +58,7 @@ def test_demo_runs_every_stage_and_writes_its_reports(tmp_path):
 
 
 def test_demo_takes_a_model_factory_and_other_patterns():
-    cfg = DemoConfig(device="cpu", model="tests.test_demo:tiny_model", epochs=1, finetune_epochs=1, pattern="2:4")
+    cfg = DemoConfig(device="cpu", model="tests.tools.test_demo:tiny_model", epochs=1, finetune_epochs=1, pattern="2:4")
     assert cfg.sparsity == 0.5  # 2:4 is half by definition
     results = run(cfg, _quiet())
     packed = {layer.name: layer.type_after for layer in results[2].report.layers}
@@ -72,7 +72,7 @@ def test_demo_takes_a_model_factory_and_other_patterns():
         (["--model", "nope"], "model must be one of"),
         (["--sparsity", "1.5"], "sparsity must be in [0, 1)"),
         (["--epochs", "0"], "epochs must be a positive int"),
-        (["--model", "tests.test_demo:_quiet"], "not an nn.Module"),
+        (["--model", "tests.tools.test_demo:_quiet"], "not an nn.Module"),
     ],
 )
 def test_cli_refuses_bad_options(argv, message, capsys):

@@ -1,4 +1,7 @@
-"""The op contract of the quantized matmul family: opcheck, torch.compile, CUDA graphs and bad input."""
+"""The quantized matmul family's bad input: clear errors, the same under fake tensors.
+
+opcheck, torch.compile and CUDA graphs run from the op test table (tests/ops/test_op_db.py).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import torch
 
 import slimops
 from slimops import reference as ref
-from tests.backends import IMPLS, TRITON_ONLY, _interp, get_impl, random_rows
+from tests.backends import IMPLS, TRITON_ONLY, get_impl
 
 OPS = torch.ops.slimops
 # Forcing "cuda" leaves these without a GPU kernel: Triton only, or composed from one.
@@ -20,91 +23,6 @@ def _weights(n, k, seed=0):
     wi, wi_scale, _ = ref.quantize_per_channel(w, 0)
     wf, wf_scale = ref.quantize_fp8_per_row(w)
     return wi, wi_scale, wf, wf_scale
-
-
-def _sample_args(device):
-    x = random_rows((5, 64), torch.float32, "cpu", seed=1)
-    wi, wi_s, wf, wf_s = _weights(32, 64)
-    q, s = ref.quantize_per_token(x)
-    bias = torch.randn(32)
-    group_scale = torch.rand(32, 4) * 0.01 + 1e-3
-    d = lambda t: t.to(device)  # noqa: E731
-    return [
-        (OPS.int8_mm.default, (d(q), d(wi), d(s), d(wi_s), d(bias), torch.float16)),
-        (OPS.int8_mm.default, (d(q[:, ::2]), d(wi[:, ::2]), d(s.flatten()), d(wi_s), None, torch.float32)),
-        (OPS.weight_int8_linear.default, (d(x), d(wi), d(wi_s.flatten()), d(bias))),
-        (OPS.weight_int8_linear.default, (d(x.reshape(5, 1, 64).half()), d(wi), d(group_scale), None)),
-        (OPS.quantize_fp8_per_row.default, (d(x),)),
-        (OPS.int8_dynamic_linear.default, (d(x), d(wi), d(wi_s), d(bias))),
-        (OPS.fp8_dynamic_linear.default, (d(x.to(torch.bfloat16)), d(wf), d(wf_s), None)),
-    ]
-
-
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_opcheck(device):
-    backends = [None] if device == "cpu" else list(slimops.backend.built_gpu_backends())
-    for backend in backends:
-        with slimops.use_backend(backend):
-            for op, args in _sample_args(device):
-                if backend == "cuda" and op._schema.name.split("::")[1] in NEEDS_TRITON:
-                    continue
-                torch.library.opcheck(op, args, test_utils=_test_utils(op))
-
-
-def _test_utils(op):
-    # opcheck's test_schema compares tensors with arithmetic that CPU fp8 lacks
-    # ("mul_cpu_reduced_float" not implemented for Float8_e4m3fn); the other checks run.
-    if op in (OPS.quantize_fp8_per_row.default, OPS.fp8_dynamic_linear.default):
-        return ("test_faketensor", "test_autograd_registration", "test_aot_dispatch_dynamic")
-    return ("test_schema", "test_faketensor", "test_autograd_registration", "test_aot_dispatch_dynamic")
-
-
-@pytest.mark.skipif(not _interp, reason="needs triton and TRITON_INTERPRET=1")
-def test_opcheck_triton_launchers_under_interpreter():
-    # The real ops with Triton forced on CPU tensors: C++ checks, launcher and fake together
-    # (the dynamic linears run their inner ops' launchers).
-    with slimops.use_backend("triton"):
-        for op, args in _sample_args("cpu"):
-            torch.library.opcheck(op, args, test_utils=_test_utils(op))
-
-
-def _pipeline(x, wi, wi_s, wf, wf_s, bias):
-    y = slimops.ops.int8_dynamic_linear(x, wi, wi_s, bias)
-    y = y + slimops.ops.weight_int8_linear(x, wi, wi_s.flatten(), bias)
-    return y + slimops.ops.fp8_dynamic_linear(x, wf, wf_s, bias)
-
-
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_torch_compile_fullgraph(device):
-    torch._dynamo.reset()
-    compiled = torch.compile(_pipeline, fullgraph=True)
-    weights = [t.to(device) for t in _weights(32, 64)] + [torch.randn(32, device=device)]
-    # several batch sizes: the second shape makes dynamo go dynamic, and the fakes see symbolic M
-    for shape in [(5, 64), (17, 64), (2, 3, 64), (1, 64)]:
-        x = random_rows(shape, torch.float32, device, seed=shape[0]) * 1e-3
-        torch.testing.assert_close(compiled(x, *weights), _pipeline(x, *weights), rtol=0, atol=0)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["cuda", "triton"])
-def test_cuda_graph_capture_and_replay(backend):
-    if backend not in slimops.backend.built_gpu_backends():
-        pytest.skip(f"{backend} backend not built")
-    weights = [t.cuda() for t in _weights(256, 512)] + [torch.randn(256, device="cuda")]
-    x = random_rows((16, 512), torch.bfloat16, "cuda", seed=4) * 1e-3
-    weights[-1] = weights[-1].bfloat16()
-    # Under a forced "cuda", the Triton-only ops still need Triton: force only the op that has both.
-    with slimops.use_backend(backend if backend == "triton" else None):
-        _pipeline(x, *weights)  # warm up: Triton compiles and autotunes outside the capture
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = _pipeline(x, *weights)
-    x.copy_(random_rows((16, 512), torch.bfloat16, "cuda", seed=5) * 1e-3)
-    graph.replay()
-    torch.cuda.synchronize()
-    with slimops.use_backend(backend if backend == "triton" else None):
-        torch.testing.assert_close(out, _pipeline(x, *weights), rtol=0, atol=0)
 
 
 # --------------------------------------------------------------- bad input

@@ -1,4 +1,8 @@
-"""2:4 semi-structured sparsity: compress and linear against the float64 reference, plus the op contract.
+"""2:4 semi-structured sparsity: what the op test table (tests/ops/op_db.py) cannot say.
+
+Hand-made metadata, weights that are not 2:4, empty shapes, bad input, and the GPU kernels at
+real layer shapes. compress and linear against the reference, opcheck, torch.compile and CUDA
+graphs run from the table.
 
 The CPU tests run everywhere. ``-m gpu`` runs the same checks on the CUDA
 ``mma.sp`` kernels (decode kernel for small M, tiled kernel for large M, the
@@ -13,6 +17,7 @@ import torch
 from slimops import _build
 from slimops.ops import sparse24 as s24
 from slimops.reference import sparse as ref
+from tests.ops.op_db import OP_DB_BY_NAME, ref_compress
 
 pytestmark = pytest.mark.usefixtures("poison_empty")
 
@@ -59,23 +64,6 @@ def activations(shape, dtype, seed, device="cpu"):
     return x.reshape(*lead, k).to(dtype)
 
 
-def strided(x, layout):
-    """The same values through a non-contiguous view."""
-    if layout == "contiguous":
-        return x
-    if layout == "transposed":
-        return x.t().contiguous().t()
-    if layout == "sliced":  # row stride K + 7, odd element offset (misaligned for 16-byte loads)
-        wide = torch.zeros(x.shape[0], x.shape[1] + 7, dtype=x.dtype, device=x.device)
-        wide[:, 3 : 3 + x.shape[1]] = x
-        return wide[:, 3 : 3 + x.shape[1]]
-    if layout == "stepped":
-        wide = torch.zeros(x.shape[0], 2 * x.shape[1], dtype=x.dtype, device=x.device)
-        wide[:, ::2] = x
-        return wide[:, ::2]
-    raise ValueError(layout)
-
-
 def decode_meta(meta):
     """uint8 [N, K/8] -> positions [N, K/2] (entry e of byte j in bits 2e..2e+1)."""
     shifts = torch.arange(0, 8, 2, device=meta.device)
@@ -104,28 +92,21 @@ def assert_within(got, x, w, bias, dtype):
         )
 
 
-def _skip_dtype(device, dtype):
-    if device == "cuda" and dtype not in GPU_DTYPES:
-        pytest.skip("the CUDA kernel takes fp16/bf16 (float32 raises: test_cuda_rejects_float32)")
-
-
 # ---------------------------------------------------------------- compress
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("n,k", [(1, 8), (5, 16), (17, 64), (33, 200), (64, 1024)])
 @pytest.mark.parametrize("device", DEVICES)
-def test_compress_round_trip(device, n, k, dtype):
-    w = weight_24(n, k, dtype, seed=n * 31 + k, device=device)
-    values, meta = s24.sparse24_compress(w)
-    assert values.shape == (n, k // 2) and values.dtype == dtype and values.is_contiguous()
-    assert meta.shape == (n, k // 8) and meta.dtype == torch.uint8 and meta.is_contiguous()
-    ref_values, ref_idx = ref.sparse24_split(w.cpu())
-    # the same entries as the reference, and meta packs exactly its positions
-    torch.testing.assert_close(values.cpu(), ref_values, rtol=0, atol=0)
-    assert torch.equal(decode_meta(meta.cpu()), ref_idx)
-    # and they decode to the weight
-    torch.testing.assert_close(ref.sparse24_to_dense(values.cpu(), decode_meta(meta.cpu())), w.cpu(), rtol=0, atol=0)
+def test_compress_round_trip(device, dtype):
+    """The table holds sparse24_compress to the reference; this decodes what it made back to the
+    weight (the reference's decoder and slimops.ops.sparse24_to_dense), on the table's samples."""
+    for sample in OP_DB_BY_NAME["sparse24_compress"].sample_inputs(device, dtype, seed=0):
+        (w,) = sample.args
+        values, meta = s24.sparse24_compress(w)
+        assert values.is_contiguous() and meta.is_contiguous(), sample.desc
+        dense = ref.sparse24_to_dense(values.cpu(), decode_meta(meta.cpu()))
+        torch.testing.assert_close(dense, w.cpu(), rtol=0, atol=0, msg=sample.desc)
+        assert torch.equal(s24.sparse24_to_dense(values, meta).cpu(), w.cpu()), sample.desc
 
 
 def test_compress_meta_bytes_by_hand():
@@ -179,42 +160,6 @@ def test_compress_empty():
 # ---------------------------------------------------------------- linear
 
 
-LINEAR_CASES = [((m, 64), 17) for m in range(1, 18)] + [
-    ((2, 3, 40), 33),  # 3-D x, K % 64 != 0
-    ((5, 128), 1),
-    ((7, 200), 31),
-]
-
-
-@pytest.mark.parametrize("bias", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("xshape,n", LINEAR_CASES)
-@pytest.mark.parametrize("device", DEVICES)
-def test_linear_matches_reference(device, xshape, n, dtype, bias):
-    _skip_dtype(device, dtype)
-    k = xshape[-1]
-    seed = sum(xshape) * 7 + n
-    w = weight_24(n, k, dtype, seed=seed, device=device)
-    x = activations(xshape, dtype, seed=seed + 1, device=device)
-    b = torch.randn(n, generator=_gen(seed + 2)).to(device) if bias else None  # fp32 bias on any x
-    values, meta = s24.sparse24_compress(w)
-    out = s24.sparse24_linear(x, values, meta, b)
-    assert out.shape == (*xshape[:-1], n) and out.is_contiguous()
-    assert_within(out, x, w, b, dtype)
-
-
-@pytest.mark.parametrize("layout", ["transposed", "sliced", "stepped"])
-@pytest.mark.parametrize("device", DEVICES)
-def test_linear_strided_x_and_bias(device, layout):
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    w = weight_24(24, 64, dtype, seed=5, device=device)
-    x = strided(activations((9, 64), dtype, seed=6, device=device), layout)
-    assert not x.is_contiguous()
-    b = torch.randn(48, generator=_gen(7)).to(device=device, dtype=dtype)[::2]  # strided bias of x's dtype
-    values, meta = s24.sparse24_compress(w)
-    assert_within(s24.sparse24_linear(x, values, meta, b), x, w, b, dtype)
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_linear_empty_shapes(device):
     dtype = torch.float16
@@ -236,47 +181,6 @@ def test_cpu_rejects_metadata_not_from_compress():
 
 
 # ---------------------------------------------------------------- contract
-
-
-def _sample_args(device):
-    w = weight_24(24, 64, seed=11)
-    values, meta = ref_compress(w)
-    x = activations((5, 64), torch.float32, seed=12)
-    d = lambda t: t.to(device)
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
-    return [
-        (OPS.sparse24_compress.default, (d(w.to(dtype)),)),
-        (OPS.sparse24_linear.default, (d(x.to(dtype)), d(values.to(dtype)), d(meta), d(torch.randn(24)))),
-        (OPS.sparse24_linear.default, (d(x.to(dtype)), d(values.to(dtype)), d(meta), None)),
-    ]
-
-
-def ref_compress(w):
-    """(values, meta) from the reference split, packed as the schema says."""
-    values, idx = ref.sparse24_split(w)
-    shifts = torch.arange(0, 8, 2)
-    meta = (idx.long().reshape(w.shape[0], -1, 4) << shifts).sum(-1).to(torch.uint8)
-    return values, meta
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck(device):
-    for op, args in _sample_args(device):
-        torch.library.opcheck(op, args)
-
-
-def _compress_then_linear(w, x, b):
-    values, meta = s24.sparse24_compress(w)
-    return s24.sparse24_linear(x, values, meta, b)
-
-
-def test_torch_compile_fullgraph():
-    torch._dynamo.reset()
-    compiled = torch.compile(_compress_then_linear, fullgraph=True)
-    w, b = weight_24(16, 64, seed=21), torch.randn(16)
-    for rows in (5, 9, 3):
-        x = activations((rows, 64), torch.float32, seed=rows)
-        torch.testing.assert_close(compiled(w, x, b), _compress_then_linear(w, x, b), rtol=0, atol=0)
 
 
 def _bad_inputs(device):

@@ -1,9 +1,12 @@
-"""Multi-tensor clip-norm: the ops against the reference, and slimops.clip_grad_norm_ against torch's."""
+"""Multi-tensor clip-norm: the ops' edge cases and bad input, and slimops.clip_grad_norm_ against torch's.
+
+The ops against the reference on random tensor lists, opcheck, torch.compile and CUDA graphs run
+from the op test table (tests/ops/test_op_db.py).
+"""
 
 from __future__ import annotations
 
 import math
-import os
 import random
 
 import pytest
@@ -40,21 +43,6 @@ def random_tensors(seed, dtypes, device, n=None, sizes=SIZES):
     return out
 
 
-def _dtypes(impl):
-    return [torch.float32, torch.float16] + ([torch.bfloat16] if impl.bf16 else [])
-
-
-@pytest.mark.parametrize("norm_type", NORM_TYPES)
-@pytest.mark.parametrize("seed", range(6))
-def test_multi_tensor_norm_matches_reference(impl, norm_type, seed):
-    ts = random_tensors(seed, _dtypes(impl), impl.device)
-    for root in (True, False):
-        got = impl.multi_tensor_norm(ts, norm_type, root)
-        want = ref.multi_tensor_norm([t.cpu() for t in ts], norm_type, root)
-        assert got.dtype == torch.float32 and got.shape == () and got.device.type == impl.device
-        torch.testing.assert_close(got.cpu(), want, rtol=2e-6 if norm_type in (1.0, 2.0, math.inf) else 1e-5, atol=0)
-
-
 def test_multi_tensor_norm_edge_cases(impl):
     assert impl.multi_tensor_norm([], 2.0, True).item() == 0.0
     empty = [torch.empty(0, device=impl.device), torch.empty(0, 3, device=impl.device)]
@@ -66,41 +54,6 @@ def test_multi_tensor_norm_edge_cases(impl):
         y[37] = bad
         got = impl.multi_tensor_norm([x, y], p, True).item()
         assert (math.isnan(got) if want == "nan" else got == math.inf), (bad, p, got)
-
-
-@pytest.mark.parametrize("max_norm_factor", [0.3, 2.0])
-@pytest.mark.parametrize("seed", range(4))
-def test_multi_tensor_scale_matches_reference(impl, seed, max_norm_factor):
-    ts = random_tensors(seed, _dtypes(impl), impl.device)
-    total = impl.multi_tensor_norm(ts, 2.0, True)
-    want = [t.cpu().clone() for t in ts]
-    ref.multi_tensor_scale_(want, total.cpu(), total.item() * max_norm_factor)
-    impl.multi_tensor_scale_(ts, total, total.item() * max_norm_factor)
-    for t, w in zip(ts, want):
-        torch.testing.assert_close(t.cpu(), w, rtol=0, atol=0)
-    if max_norm_factor > 1:  # coefficient clamped to 1: nothing changes
-        assert all(torch.equal(t.cpu(), w) for t, w in zip(ts, want))
-
-
-@pytest.mark.parametrize("norm_type", [1.0, 2.0, math.inf])
-@pytest.mark.parametrize("with_scaler", [False, True])
-@pytest.mark.parametrize("seed", range(4))
-def test_fused_clip_matches_reference(impl, norm_type, with_scaler, seed):
-    ts = random_tensors(seed, _dtypes(impl), impl.device)
-    want = [t.cpu().clone() for t in ts]
-    inv = torch.tensor([1 / 256.0], device=impl.device) if with_scaler else None
-    found = torch.zeros(1, device=impl.device) if with_scaler else None
-    ref_found = torch.zeros(1) if with_scaler else None
-    max_norm = 0.5
-    total = impl.clip_grad_norm_fused_(ts, max_norm, norm_type, inv, found)
-    want_total = ref.clip_grad_norm_fused_(want, max_norm, norm_type, None if inv is None else inv.cpu(), ref_found)
-    torch.testing.assert_close(total.cpu(), want_total, rtol=2e-6, atol=0)
-    for t, w in zip(ts, want):
-        # the coefficient comes from the kernel's own fp32 norm (held to 2e-6 above; a GPU
-        # sums in another order): that, plus one rounding of the dtype
-        torch.testing.assert_close(t.cpu(), w, rtol=torch.finfo(t.dtype).eps + 2e-6, atol=0)
-    if with_scaler:
-        assert found.item() == 0.0
 
 
 def test_fused_clip_sets_found_inf_and_never_resets_it(impl):
@@ -154,60 +107,6 @@ def test_sparse_is_rejected():
 
 
 # ------------------------------------------------------------- op contract
-
-
-def _op_samples():
-    ts = random_tensors(11, [torch.float32, torch.float16, torch.bfloat16], "cpu", n=5)
-    return [
-        (torch.ops.slimops.multi_tensor_norm.default, (ts, 2.0, True)),
-        (torch.ops.slimops.multi_tensor_norm.default, (ts, math.inf, False)),
-        (torch.ops.slimops.multi_tensor_scale_.default, (ts, torch.tensor(3.0), 1.0)),
-        (torch.ops.slimops.clip_grad_norm_fused_.default, (ts, 1.0, 2.0, None, None)),
-        (torch.ops.slimops.clip_grad_norm_fused_.default, (ts, 1.0, 1.0, torch.tensor([0.5]), torch.zeros(1))),
-    ]
-
-
-def test_opcheck():
-    for op, args in _op_samples():
-        torch.library.opcheck(op, args)
-
-
-def test_torch_compile_fullgraph():
-    torch._dynamo.reset()
-
-    def step(grads):
-        return slimops.ops.clip_grad_norm_fused_(grads, 1.0, 2.0)
-
-    compiled = torch.compile(step, fullgraph=True)
-    a = random_tensors(5, [torch.float32, torch.bfloat16], "cpu", n=6)
-    b = [t.clone() for t in a]
-    torch.testing.assert_close(compiled(a), step(b), rtol=0, atol=0)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["cuda", "triton"])
-def test_cuda_graph_capture_and_replay(backend):
-    if backend not in slimops.backend.built_gpu_backends():
-        pytest.skip(f"{backend} backend not built")
-    grads = random_tensors(21, [torch.float32, torch.bfloat16], "cuda", n=40)
-    with slimops.use_backend(backend):
-        slimops.ops.clip_grad_norm_fused_([g.clone() for g in grads], 1.0, 2.0)  # warm-up outside capture
-        torch.cuda.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            total = slimops.ops.clip_grad_norm_fused_(grads, 1.0, 2.0)
-    gen = torch.Generator().manual_seed(22)
-    for g in grads:  # new values, same tensors: what a captured training step sees
-        g.copy_(torch.randn(g.shape, generator=gen).to(g.dtype))
-    want = [g.cpu().clone() for g in grads]
-    want_total = ref.clip_grad_norm_fused_(want, 1.0, 2.0)
-    graph.replay()
-    torch.cuda.synchronize()
-    torch.testing.assert_close(total.cpu(), want_total, rtol=2e-6, atol=0)
-    for g, w in zip(grads, want):
-        # the replayed norm may differ from the reference's by its 2e-6 allowance (summation order)
-        torch.testing.assert_close(g.cpu(), w, rtol=torch.finfo(g.dtype).eps + 2e-6, atol=0)
 
 
 # ------------------------------------------------------------- the drop-in vs torch
@@ -315,7 +214,7 @@ def test_clip_grad_norm_nonfinite(bad, norm_type):
 
 def test_clip_grad_norm_refuses_what_torch_refuses():
     """A sparse gradient: torch's error, nothing scaled. (A max_norm < 0 or NaN, or a norm_type <= 0 or NaN,
-    torch takes, and so does slimops: tests/test_clip_dropin.py.)"""
+    torch takes, and so does slimops: tests/nn_convert/test_clip_dropin.py.)"""
     params = _params(1, [torch.float32], none_frac=0.0, n=3)
     before = [p.grad.clone() for p in params]
     sparse = torch.nn.Parameter(torch.randn(4, 4))
@@ -395,12 +294,3 @@ def test_grad_scaler_fused_unscale_and_clip():
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs TRITON_INTERPRET=1 (CPU machines)")
-def test_opcheck_triton_launchers_under_interpreter():
-    ts = random_tensors(13, [torch.float32, torch.float16], "cpu", n=4, sizes=[(5,), (17,), (3, 5)])
-    # The real ops with Triton forced on CPU tensors: C++ checks, launcher and fake together.
-    with slimops.use_backend("triton"):
-        torch.library.opcheck(torch.ops.slimops.multi_tensor_norm.default, (ts, 2.0, True))
-        torch.library.opcheck(
-            torch.ops.slimops.clip_grad_norm_fused_.default, (ts, 1.0, 2.0, torch.tensor([0.5]), torch.zeros(1))
-        )
