@@ -5,11 +5,7 @@ Triton's interpreter, which must be switched on before any @triton.jit
 function is defined, i.e. before slimops.kernels is imported.
 """
 
-import importlib
-import importlib.abc
-import importlib.util
 import os
-import sys
 
 import pytest
 import torch
@@ -23,32 +19,6 @@ TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # than autotuning every shape they try (minutes of compiling and timing);
 # `slimops bench` autotunes.
 os.environ.setdefault("SLIMOPS_TRITON_AUTOTUNE", "0")
-
-
-class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Old module names of moved test files, kept importable as the same module object.
-
-    NOTE: tests/nn_convert/test_encryption.py imports ``tests.test_serialization``; both files
-    move without edits here (another branch changes them), so the old name points at the new
-    module until that import is updated, then this goes.
-    """
-
-    MOVED = {"tests.test_serialization": "tests.nn_convert.test_serialization"}
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname in self.MOVED:
-            return importlib.util.spec_from_loader(fullname, self)
-        return None
-
-    def create_module(self, spec):
-        return importlib.import_module(self.MOVED[spec.name])
-
-    def exec_module(self, module):
-        pass
-
-
-if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
-    sys.meta_path.append(_MovedModules())
 
 
 def pytest_collection_modifyitems(config, items):

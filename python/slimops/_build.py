@@ -15,7 +15,7 @@ try:
     from slimops import _C  # noqa: F401  (registers the op schemas and CPU kernels)
 
     C_ERROR: str | None = None
-except ImportError as e:  # pragma: no cover - exercised by tests/test_import.py in a subprocess
+except ImportError as e:  # pragma: no cover - exercised by tests/tools/test_import.py in a subprocess
     _C = None
     C_ERROR = f"slimops._C failed to import ({e}); reinstall with `pip install --no-build-isolation .`"
 

@@ -29,7 +29,7 @@ from slimops.nn import (
     Sparse24Linear,
 )
 from slimops.prune import Pruner
-from tests.test_serialization import CONVERTERS, make_model, write_v1
+from tests.nn_convert.test_serialization import CONVERTERS, make_model, write_v1
 
 pytest.importorskip("cryptography")
 
