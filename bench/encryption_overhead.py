@@ -31,17 +31,7 @@ from torch import nn
 
 import slimops
 from slimops import encryption
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from slimops.info import cpu_name
 
 
 def timed(fn) -> float:
