@@ -588,8 +588,8 @@ def _show_progress(progress: bool | None) -> bool:
 class _Progress:
     """A transient ``rich.progress`` bar over (layer, candidate) pairs; does nothing when disabled."""
 
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled, total
+    def __init__(self, enabled: bool, total: int, label: str = "slimops.plan"):
+        self.enabled, self.total, self.label = enabled, total, label
         self._bar = self._task = None
 
     def __enter__(self):
@@ -599,7 +599,7 @@ class _Progress:
 
             self._bar = Progress(transient=True, console=Console(stderr=True))
             self._bar.__enter__()
-            self._task = self._bar.add_task("slimops.plan", total=self.total)
+            self._task = self._bar.add_task(self.label, total=self.total)
         return self
 
     def __exit__(self, *exc):
@@ -608,7 +608,7 @@ class _Progress:
 
     def show(self, text: str) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, description=f"slimops.plan {text}")
+            self._bar.update(self._task, description=f"{self.label} {text}")
 
     def advance(self, n: int = 1) -> None:
         if self._bar is not None:

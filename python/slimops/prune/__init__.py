@@ -15,7 +15,9 @@ Gradual pruning while training (Zhu & Gupta 2017), then packing::
     pruner.sparsity_report().print()
     pruner.finalize()                    # 2:4, block-sparse, shrunk or dense, layer by layer
 
-One-shot, without training: ``slimops.convert(model, SparseConfig(0.5, pattern="2:4"))``.
+One-shot, without training: ``slimops.convert(model, SparseConfig(0.5, pattern="2:4"))``
+(by magnitude), or with calibration data, ``slimops.prune.oneshot(model, batches, 0.5, "2:4",
+method="sparsegpt")`` (or ``"wanda"``), then that ``convert`` to pack.
 
 Criteria give one importance score per weight (higher = keep). Patterns group
 the weights into units (single weights, ``b x b`` tiles, N:M candidates, or
@@ -43,6 +45,7 @@ from slimops.prune.criteria import (
     TaylorCriterion,
     get_criterion,
 )
+from slimops.prune.oneshot import METHODS, oneshot
 from slimops.prune.packing import is_2_4, pack_linear, zero_tile_fraction
 from slimops.prune.patterns import (
     NM,
@@ -71,6 +74,7 @@ from slimops.prune.selection import select_masks
 
 __all__ = [
     "CRITERIA",
+    "METHODS",
     "NM",
     "PATTERNS",
     "Block",
@@ -101,6 +105,7 @@ __all__ = [
     "is_2_4",
     "n_m",
     "one_shot",
+    "oneshot",
     "pack_linear",
     "prune_channels",
     "remove_channels",

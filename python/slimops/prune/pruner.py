@@ -162,22 +162,7 @@ class Pruner:
 
     def _why_not(self, model: nn.Module, holders: dict, fqn: str, layer: nn.Module) -> str | None:
         """Why the Pruner leaves ``layer`` (at ``fqn``) dense, or None."""
-        tied = tied_elsewhere(holders, layer)
-        if tied:
-            return (
-                f"its weight is tied to {', '.join(tied)} (the same Parameter): pruning it would zero "
-                "that too; untie the weights to prune this layer"
-            )
-        if self.criterion.needs_grad and not layer.weight.requires_grad:
-            return f"frozen (weight.requires_grad is False): the {self.criterion.name!r} criterion needs its gradients"
-        w = layer.weight.t() if _is_hf_conv1d(layer) else layer.weight
-        why = self.pattern.check((w.shape[0], w[0].numel()))
-        if why is None and isinstance(self.pattern, Channel):
-            try:
-                channel_consumer(model, fqn)
-            except ChannelPruningError as e:
-                why = e.reason
-        return why
+        return why_left_dense(model, holders, fqn, layer, self.pattern, self.criterion)
 
     def _put(self, fqn: str, module: nn.Module) -> None:
         """Put ``module`` at ``fqn`` and at every other name the layer there has."""
@@ -340,6 +325,31 @@ class Pruner:
         self.forms = forms
         self.layers = {}
         return dict(forms)
+
+
+def why_left_dense(
+    model: nn.Module, holders: dict, fqn: str, layer: nn.Module, pattern: Pattern, criterion: Criterion | None = None
+) -> str | None:
+    """Why ``layer`` (at ``fqn`` in ``model``; ``holders``: :func:`param_holders`) must stay dense
+    under ``pattern`` (and a gradient ``criterion``), or None: a weight tied to another module's,
+    a frozen weight a gradient criterion cannot score, a shape the pattern cannot take, or, for
+    channels, no clear consumer."""
+    tied = tied_elsewhere(holders, layer)
+    if tied:
+        return (
+            f"its weight is tied to {', '.join(tied)} (the same Parameter): pruning it would zero "
+            "that too; untie the weights to prune this layer"
+        )
+    if criterion is not None and criterion.needs_grad and not layer.weight.requires_grad:
+        return f"frozen (weight.requires_grad is False): the {criterion.name!r} criterion needs its gradients"
+    w = layer.weight.t() if _is_hf_conv1d(layer) else layer.weight
+    why = pattern.check((w.shape[0], w[0].numel()))
+    if why is None and isinstance(pattern, Channel):
+        try:
+            channel_consumer(model, fqn)
+        except ChannelPruningError as e:
+            why = e.reason
+    return why
 
 
 def _is_prunable_kind(module: nn.Module) -> bool:

@@ -8,12 +8,14 @@ import dataclasses
 
 @dataclasses.dataclass
 class LayerSparsity:
-    """One pruned layer: shape of its weight, pruned weights, and (after finalize) its packed form."""
+    """One pruned layer: shape of its weight, pruned weights, (after finalize) its packed form, and
+    (after :func:`oneshot`) the relative squared error of its output on its calibration inputs."""
 
     shape: tuple[int, ...]
     numel: int
     pruned: int
     form: str = "MaskedLinear"
+    error: float | None = None
 
     @property
     def sparsity(self) -> float:
@@ -47,12 +49,14 @@ class SparsityReport:
         t = Table(
             title=f"sparsity: {self.pattern}, {self.criterion}, target {self.target:.1%} at step {self.step}",
         )
+        errors = any(layer.error is not None for layer in self.layers.values())
         for col, justify in (("layer", "left"), ("shape", "left"), ("pruned", "right"),
-                             ("sparsity", "right"), ("form", "left")):
+                             ("sparsity", "right"), ("form", "left")) + ((("output error", "right"),) if errors else ()):
             t.add_column(col, justify=justify)
         for fqn, layer in self.layers.items():
+            error = (f"{layer.error:.2e}" if layer.error is not None else "-",) if errors else ()
             t.add_row(fqn, "x".join(map(str, layer.shape)), f"{layer.pruned}/{layer.numel}",
-                      f"{layer.sparsity:.1%}", layer.form)
+                      f"{layer.sparsity:.1%}", layer.form, *error)
         total = sum(layer.numel for layer in self.layers.values())
         pruned = sum(layer.pruned for layer in self.layers.values())
         t.add_section()
