@@ -60,9 +60,10 @@ def sparsegpt_prune(
 
     * unstructured: at each block's start, the ``sparsity`` fraction of the block's weights
       of lowest saliency (the paper's adaptive mask selection);
-    * N:M: at each group of ``m`` columns, the ``m - n`` of lowest saliency in every row;
+    * N:M: at each group of ``m`` columns, the ``m - n`` of lowest saliency in every row
+      (the column block is rounded down to a multiple of ``m``);
     * block ``b x b``: at each block's start, the ``sparsity`` fraction of its tiles of lowest
-      mean saliency (the column block is rounded to a multiple of ``b``, so tiles never
+      mean saliency (the column block is rounded down to a multiple of ``b``, so tiles never
       straddle two column blocks). A tile is chosen with the updates of the columns before
       its block, as unstructured weights are.
 
@@ -79,9 +80,16 @@ def sparsegpt_prune(
     h.diagonal().add_(dampening * torch.diag(h).mean())
     # NOTE: cholesky_inverse then cholesky(upper) is the paper's numerically stable route to
     # the rows of H^-1 that OBS needs after each elimination.
-    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    if isinstance(pattern, Block):
-        block_size = max(pattern.size, block_size // pattern.size * pattern.size)
+    try:
+        u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    except torch.linalg.LinAlgError as e:
+        raise ValueError(
+            f"sparsegpt: the dampened Hessian is not positive definite ({e}); raise dampening "
+            f"(now {dampening}) or calibrate on more tokens"
+        ) from None
+    # Tiles and N:M groups never straddle two column blocks: the block is a multiple of them.
+    unit = pattern.size if isinstance(pattern, Block) else pattern.m if isinstance(pattern, NM) else 1
+    block_size = max(unit, block_size // unit * unit)
     keep = torch.ones_like(w, dtype=torch.bool)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)

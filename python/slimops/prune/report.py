@@ -50,8 +50,8 @@ class SparsityReport:
             title=f"sparsity: {self.pattern}, {self.criterion}, target {self.target:.1%} at step {self.step}",
         )
         errors = any(layer.error is not None for layer in self.layers.values())
-        for col, justify in (("layer", "left"), ("shape", "left"), ("pruned", "right"),
-                             ("sparsity", "right"), ("form", "left")) + ((("output error", "right"),) if errors else ()):
+        columns = (("layer", "left"), ("shape", "left"), ("pruned", "right"), ("sparsity", "right"), ("form", "left"))
+        for col, justify in columns + ((("output error", "right"),) if errors else ()):
             t.add_column(col, justify=justify)
         for fqn, layer in self.layers.items():
             error = (f"{layer.error:.2e}" if layer.error is not None else "-",) if errors else ()
