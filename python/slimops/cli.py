@@ -192,31 +192,35 @@ def _crypt(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_encrypt(sub) -> None:
+def _add_crypt(sub, command: str, help: str, description: str, input_help: str, output_help: str) -> None:
     # allow_abbrev=False: "--key HEX" must not pass for --key-file (the key would be in the process listing).
-    p = sub.add_parser(
-        "encrypt",
-        allow_abbrev=False,
-        help="encrypt a saved model (AES-256-GCM); the key from --key-file or $SLIMOPS_MODEL_KEY",
-        description="Encrypt a plain file written by slimops.save into OUT, which slimops.load(..., key=) reads.",
-    )
-    p.add_argument("input", metavar="IN", help="a plain slimops file (safetensors)")
-    p.add_argument("output", metavar="OUT", help="the encrypted file to write")
+    p = sub.add_parser(command, allow_abbrev=False, help=help, description=description)
+    p.add_argument("input", metavar="IN", help=input_help)
+    p.add_argument("output", metavar="OUT", help=output_help)
     p.add_argument("--key-file", metavar="PATH", help=_KEY_FILE_HELP)
     p.set_defaults(func=_crypt)
+
+
+def _add_encrypt(sub) -> None:
+    _add_crypt(
+        sub,
+        "encrypt",
+        help="encrypt a saved model (AES-256-GCM); the key from --key-file or $SLIMOPS_MODEL_KEY",
+        description="Encrypt a plain file written by slimops.save into OUT, which slimops.load(..., key=) reads.",
+        input_help="a plain slimops file (safetensors)",
+        output_help="the encrypted file to write",
+    )
 
 
 def _add_decrypt(sub) -> None:
-    p = sub.add_parser(
+    _add_crypt(
+        sub,
         "decrypt",
-        allow_abbrev=False,
         help="decrypt an encrypted model into a plain slimops file; the key from --key-file or $SLIMOPS_MODEL_KEY",
         description="Authenticate every byte of IN, then write it as a plain slimops file (safetensors) to OUT.",
+        input_help="an encrypted slimops file",
+        output_help="the plain file to write",
     )
-    p.add_argument("input", metavar="IN", help="an encrypted slimops file")
-    p.add_argument("output", metavar="OUT", help="the plain file to write")
-    p.add_argument("--key-file", metavar="PATH", help=_KEY_FILE_HELP)
-    p.set_defaults(func=_crypt)
 
 
 def _keygen(args: argparse.Namespace) -> int:

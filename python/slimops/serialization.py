@@ -288,9 +288,15 @@ def load(path: str | os.PathLike, skeleton: nn.Module, key=None) -> nn.Module:
     return skeleton
 
 
-def _refuse_same_file(src: str, dst: str, who: str) -> None:
+def _crypt_arguments(src, dst, key, who: str) -> tuple[str, str, bytes]:
+    """``(src, dst, key bytes)`` for encrypt_file / decrypt_file: a key is required, and OUT is not IN."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    secret = encryption.resolve_key(key, who)
+    if secret is None:
+        raise ValueError(f"{who}: no key: pass key= or set {encryption.ENV_VAR}")
     if os.path.exists(dst) and os.path.samefile(src, dst):
         raise ValueError(f"{who}: OUT must be another file than IN ({dst})")
+    return src, dst, secret
 
 
 def encrypt_file(src: str | os.PathLike, dst: str | os.PathLike, key) -> None:
@@ -307,11 +313,7 @@ def encrypt_file(src: str | os.PathLike, dst: str | os.PathLike, key) -> None:
     from safetensors import safe_open
 
     who = "slimops encrypt"
-    src, dst = os.fspath(src), os.fspath(dst)
-    secret = encryption.resolve_key(key, who)
-    if secret is None:
-        raise ValueError(f"{who}: no key: pass key= or set {encryption.ENV_VAR}")
-    _refuse_same_file(src, dst, who)
+    src, dst, secret = _crypt_arguments(src, dst, key, who)
     if encryption.is_encrypted(src):
         raise ValueError(f"{who}: {src} is encrypted already")
     metadata = _read_metadata(src, who)
@@ -334,11 +336,7 @@ def decrypt_file(src: str | os.PathLike, dst: str | os.PathLike, key) -> None:
     from safetensors.torch import save_file
 
     who = "slimops decrypt"
-    src, dst = os.fspath(src), os.fspath(dst)
-    secret = encryption.resolve_key(key, who)
-    if secret is None:
-        raise ValueError(f"{who}: no key: pass key= or set {encryption.ENV_VAR}")
-    _refuse_same_file(src, dst, who)
+    src, dst, secret = _crypt_arguments(src, dst, key, who)
     if not encryption.is_encrypted(src):
         raise ValueError(f"{who}: {src} is not an encrypted slimops file")
     with encryption.Reader(src, secret, who) as reader:

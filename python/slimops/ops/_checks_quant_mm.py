@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from slimops.ops._checks import MatmulGeometry, check, check_2d, check_min_dim
+from slimops.ops._checks import MatmulGeometry, check_2d, check_min_dim
 
 
 def int8_mm_geometry(a: torch.Tensor, b: torch.Tensor) -> MatmulGeometry:
