@@ -102,7 +102,7 @@ else:
   # 4. GPU tests (pyproject's addopts say -m 'not gpu'; a later -m wins).
   # How _C links the C++ runtime: on the H200 image (/opt/gcc 13.3) formatting a
   # number in an error message crashed inside _C (see bench/results/pytest-gpu-h200-*).
-  step libstdcxx 30 bash -c "so=\$($PY -c 'import slimops._C as m; print(m.__file__)'); readelf -d \$so | grep NEEDED; echo defined basic_ostream symbols: \$(nm -D --defined-only \$so | grep -c basic_ostream)"
+  step libstdcxx 30 bash -c "so=\$($PY -c 'import slimops._C as m; print(m.__file__)'); readelf -d \$so | grep NEEDED; echo defined basic_ostream symbols: \$(nm -D --defined-only \$so | grep -c basic_ostream); echo newest GLIBCXX _C needs: \$(objdump -T \$so | grep -o 'GLIBCXX_[0-9.]*' | sort -uV | tail -n 1); $PY -c 'import slimops._C; print(*sorted({l.split()[-1] for l in open(\"/proc/self/maps\") if \"libstdc++\" in l}), sep=\"\\n\")'"
 
   # Parallel workers share Triton's on-disk cache and spread its compiles over the
   # cores.
