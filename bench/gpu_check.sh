@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything a lent GPU machine (no network) checks, in one call, in < 8 minutes:
 #   1. build + install slimops with the CUDA kernels for sm_90a only (H100/H200);
-#   2. slimops info;
+#   2. slimops info, bad calls raising (not crashing), the bad-input fuzz on CUDA;
 #   3. pytest -m gpu (junit xml + log);
 #   4. slimops demo --device cuda, shortened (when scikit-learn is installed);
 #   5. slimops bench --quick --device cuda for the sparse suite (masked / block-sparse / 2:4
@@ -10,7 +10,7 @@
 #
 # Usage, from the repository root:  OUT=/some/folder bash bench/gpu_check.sh
 # Writes into $OUT: gpu_check.log (all output), info.json, pytest-gpu.xml,
-# pytest-gpu.log, bench-<suite>.json. A failing step does not stop the later ones;
+# fuzz-cuda.json, pytest-gpu.log, bench-<suite>.json. A failing step does not stop the later ones;
 # the exit status is non-zero if any step failed (or ran out of its time).
 #
 # Knobs (environment), for a rerun that spends less device time:
@@ -98,6 +98,10 @@ else:
     raise SystemExit('no error raised')"
     done
   done
+
+  # 3b. Bad-input fuzz on CUDA: 2,000 broken calls over every op (auto backend), each
+  # in a worker process so a crash is counted; target 0 defects (tests/ops/fuzz_ops.py).
+  step fuzz-cuda 90 $PY -m tests.ops.fuzz_ops --device cuda --cases 2000 --json "$OUT/fuzz-cuda.json"
 
   # 4. GPU tests (pyproject's addopts say -m 'not gpu'; a later -m wins).
   # How _C links the C++ runtime: on the H200 image (/opt/gcc 13.3) formatting a
