@@ -3,14 +3,15 @@
 #   1. build + install slimops with the CUDA kernels for sm_90a only (H100/H200);
 #   2. slimops info, bad calls raising (not crashing), the bad-input fuzz on CUDA;
 #   3. pytest -m gpu (junit xml + log);
-#   4. slimops demo --device cuda, shortened (when scikit-learn is installed);
+#   4. slimops demo --device cuda, shortened (when scikit-learn is installed), and the
+#      never-slower table (bench/never_slower.py: every slimops layer against bf16 nn.Linear);
 #   5. slimops bench --quick --device cuda for the sparse suite (masked / block-sparse / 2:4
 #      linears, never measured on a GPU yet) and the quant suite (W8A8 / W8A16 / fp8 linears
 #      on Llama-7B shapes); SUITES="quant quantize clip" reruns the earlier ones.
 #
 # Usage, from the repository root:  OUT=/some/folder bash bench/gpu_check.sh
 # Writes into $OUT: gpu_check.log (all output), info.json, pytest-gpu.xml,
-# fuzz-cuda.json, pytest-gpu.log, bench-<suite>.json. A failing step does not stop the later ones;
+# fuzz-cuda.json, never-slower.json, pytest-gpu.log, bench-<suite>.json. A failing step does not stop the later ones;
 # the exit status is non-zero if any step failed (or ran out of its time).
 #
 # Knobs (environment), for a rerun that spends less device time:
@@ -123,6 +124,11 @@ else:
   else
     echo "=== [demo-cuda] not run: scikit-learn or matplotlib is not installed on this machine"
   fi
+
+  # 4b. The never-slower table: every slimops layer against the bf16 nn.Linear it replaces,
+  # Llama-7B shapes, M = 1 / 16 / 128 / 4096; fails on a row below 0.95x (issue #11).
+  step never-slower "$(min 120 $(($(left) - 40 - 60 * ${#suites[@]})))" \
+    $PY bench/never_slower.py --device cuda --json "$OUT/never-slower.json"
 
   # 5. Host launch cost against GPU time (CUDA graphs) for the decode-sized linears.
   step launch-overhead "$(min 90 $(($(left) - 3 - 60 * ${#suites[@]})))" $PY bench/launch_overhead.py --json "$OUT/launch-overhead.json"
