@@ -125,9 +125,23 @@ def tune(
     elif not isinstance(pruner, optuna.pruners.BasePruner):
         raise TypeError(f"slimops.tune: pruner must be an optuna.pruners pruner, got {type(pruner).__name__}")
 
+    # optuna logs each new study and each failed trial (with its traceback); slimops warns once
+    # per failed trial, in one line, and keeps the rest quiet.
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        return _run(build, evaluate, parsed, directions, n_trials, sampler, storage, study_name, timeout, seed, pruner)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
+def _run(build, evaluate, parsed: Space, directions, n_trials, sampler, storage, study_name, timeout, seed, pruner):
+    import optuna
+
+    chosen = _sampler(sampler, parsed, seed)
     try:
         study = optuna.create_study(
-            storage=storage, study_name=study_name, load_if_exists=True, sampler=_sampler(sampler, parsed, seed),
+            storage=storage, study_name=study_name, load_if_exists=True, sampler=chosen,
             pruner=pruner, directions=list(directions.values()),
         )
     except ValueError as e:
@@ -146,13 +160,7 @@ def tune(
     objective = _Objective(build, evaluate, parsed, directions, seed)
     remaining = n_trials - done_before
     if remaining > 0:
-        # optuna logs each failed trial with its traceback; slimops warns once per trial, in one line.
-        verbosity = optuna.logging.get_verbosity()
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
-        try:
-            study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(Exception,), gc_after_trial=True)
-        finally:
-            optuna.logging.set_verbosity(verbosity)
+        study.optimize(objective, n_trials=remaining, timeout=timeout, catch=(Exception,))
         if objective.errors and len(objective.errors) == objective.calls:
             first = objective.errors[0]
             raise RuntimeError(f"slimops.tune: every trial of this run failed; the first: {first}") from first.__cause__
