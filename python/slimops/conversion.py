@@ -31,8 +31,12 @@ Handler = Callable[[nn.Module, "Config"], nn.Module]
 class Config:
     """Base class of every conversion config (subclasses are dataclasses)."""
 
+    def needs_model(self) -> bool:
+        """Whether :meth:`prepare_layers` must run before the handlers (it has work to do)."""
+        return False
+
     def prepare_layers(self, model: nn.Module, layers: list[tuple[list[str], nn.Module]]) -> dict[int, str]:
-        """Model-level work before the handlers run, for a config that needs the whole model.
+        """Model-level work before the handlers run, for a config whose :meth:`needs_model` is True.
 
         A handler sees one module; a config that must run the model first (``SparseConfig``
         with calibration data prunes its layers in forward order, each seeing its pruned
@@ -126,6 +130,8 @@ def build_replacement(module: nn.Module, config: Config) -> nn.Module:
 
     Raises :class:`Unsupported` (with the reason) when no handler takes this module.
     """
+    if config.needs_model():
+        raise Unsupported(f"{config!r} works on the whole model (prepare_layers): use slimops.convert")
     found = _handler_for(config, module)
     if found is None:
         raise Unsupported(f"{type(config).__name__} has no handler for {type(module).__name__}")
@@ -175,7 +181,7 @@ def _plan(
             continue
         selected.append((names, module, *found))
     refused: dict[int, str] = {}
-    if selected and type(config).prepare_layers is not Config.prepare_layers:
+    if selected and config.needs_model():
         # NOTE: the copies go to the CPU: a failed conversion is rare, device memory is not.
         saved += [(p, p.detach().to("cpu", copy=True)) for _, m, _, _ in selected for p in m.parameters(recurse=False)]
         refused = config.prepare_layers(model, [(names, m) for names, m, _, _ in selected])

@@ -489,3 +489,10 @@ def test_sparse_config_method_bad_input():
     # A generator is kept as a list: a second convert with the same config still has the batches.
     config = slimops.SparseConfig(0.5, method="wanda", calibration=(b for b in cal))
     assert len(config.calibration) == 3 and "calibration" not in repr(config)
+
+
+def test_one_layer_alone_is_refused_with_a_method():
+    # build_replacement (what slimops.plan measures with) sees one module: it cannot run the model.
+    config = slimops.SparseConfig(0.5, method="wanda", calibration=_calibration())
+    with pytest.raises(slimops.conversion.Unsupported, match="works on the whole model"):
+        slimops.conversion.build_replacement(nn.Linear(64, 64), config)

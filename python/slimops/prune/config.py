@@ -116,14 +116,15 @@ class SparseConfig(Config):
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not (d >= 0 and math.isfinite(d)):
             raise ValueError(f"SparseConfig: dampening must be a finite number >= 0, got {d!r}")
 
+    def needs_model(self) -> bool:
+        return self.method is not None
+
     def prepare_layers(self, model: nn.Module, layers: list[tuple[list[str], nn.Module]]) -> dict[int, str]:
         """With ``method``: prune ``layers`` in place with :func:`slimops.prune.oneshot` (see the class).
 
         Returns ``{id(module): why}`` for the layers left dense: those the handler would refuse
         (checked first, so they are not pruned) and those ``oneshot`` skipped.
         """
-        if self.method is None:
-            return {}
         from slimops.nn._convertible import _is_hf_conv1d, check_convertible_linear
         from slimops.prune.oneshot import oneshot
 
