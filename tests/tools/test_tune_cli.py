@@ -60,6 +60,8 @@ def test_demo_tune_adds_a_search_stage(tmp_path):
         (["tune", "--trials", "0"], "--trials must be >= 1"),
         (["tune", "--model", "nope"], "model must be one of"),
         (["demo", "--tune", "-1"], "tune must be an int >= 0"),
+        (["tune", "--model", TINY, "--epochs", "1", "--recovery-epochs", "0"], "recovery_epochs must be a positive int"),
+        (["tune", "--model", TINY, "--epochs", "1", "--sampler", "grid"], "'grid' needs every dimension discrete"),
     ],
 )
 def test_bad_options_are_refused(argv, message, capsys):

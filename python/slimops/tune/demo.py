@@ -68,6 +68,9 @@ def search(
     from slimops.distill import Distiller
     from slimops.prune import SparseConfig
 
+    if isinstance(recovery_epochs, bool) or not isinstance(recovery_epochs, int) or recovery_epochs < 1:
+        # NOTE: the Pruners prune at their first step: without a step, a "sparse" layer would stay dense.
+        raise ValueError(f"recovery_epochs must be a positive int, got {recovery_epochs!r}")
     space = search_space(dense)
     groups = space["layers"]
     x_test, y_test = data[2], data[3]

@@ -83,7 +83,7 @@ class TuneResult:
         if metric_floor is not None and (isinstance(metric_floor, bool) or not isinstance(metric_floor, numbers.Real)):
             raise TypeError(f"TuneResult.best: metric_floor must be a real number or None, got {metric_floor!r}")
         candidates = self.pareto
-        if "metric" in self.objectives and metric_floor is not None:
+        if metric_floor is not None:  # the metric is measured even when it is not an objective
             candidates = [t for t in self.pareto if sign * t.metrics["metric"] >= sign * metric_floor]
             if not candidates:
                 top = max(t.metrics["metric"] * sign for t in self.pareto) * sign
