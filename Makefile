@@ -29,7 +29,7 @@ test: install
 setup:
 	@test -x $(VPY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	@$(VPY) -c "import torch" 2>/dev/null || $(PIP) install "torch==2.13.0"
-	@$(PIP) install "triton>=3.2" "scikit-build-core>=0.10" ninja "rich>=13" numpy "safetensors>=0.4" "cryptography>=42" \
+	@$(PIP) install "triton>=3.2" "scikit-build-core>=0.10" ninja "rich>=13" numpy "safetensors>=0.4" "cryptography>=42" "optuna>=4" \
 		"pytest>=8" expecttest scikit-learn matplotlib
 
 install: setup

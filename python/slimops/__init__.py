@@ -37,6 +37,7 @@ from slimops import distill, prune  # noqa: F401  (slimops.prune.Pruner, slimops
 from slimops.prune import SparseConfig
 from slimops.report import CompressionReport, LayerReport, report
 from slimops.plan import Plan, plan
+from slimops.tune import TuneResult, tune  # noqa: E402  (the function shadows the package's name)
 
 __version__ = "0.1.0"
 
@@ -80,6 +81,8 @@ __all__ = [
     "prepare",
     "prune",
     "report",
+    "tune",
+    "TuneResult",
     "save",
     "uninstall",
     "use_backend",

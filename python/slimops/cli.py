@@ -1,4 +1,4 @@
-"""The ``slimops`` command: ``slimops demo``, ``info``, ``bench``, and ``encrypt`` / ``decrypt`` / ``keygen``.
+"""The ``slimops`` command: ``slimops demo``, ``tune``, ``info``, ``bench``, and ``encrypt`` / ``decrypt`` / ``keygen``.
 
 Each subcommand is an ``_add_<name>(subparsers)`` function that registers its
 arguments and sets ``func``; a new subcommand adds one such function to
@@ -155,6 +155,66 @@ def _add_demo(sub) -> None:
     p.set_defaults(func=_demo)
 
 
+def _tune(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from slimops.demo import DemoConfig, prepare, tune_stage, train_dense
+
+    try:
+        cfg = DemoConfig(device=args.device, model=args.model, epochs=args.epochs, out=args.out, seed=args.seed,
+                         tune=args.trials)
+        if cfg.tune < 1:
+            raise ValueError(f"--trials must be >= 1, got {cfg.tune}")
+    except (ValueError, TypeError, ImportError, AttributeError) as e:
+        print(f"slimops tune: {e}", file=sys.stderr)
+        return 2
+    console = Console()
+    model, data, amp = prepare(cfg, console, "slimops tune")
+    train_dense(model, data, cfg, amp, console)
+    out = None
+    if cfg.out is not None:
+        from pathlib import Path
+
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+    try:
+        tune_stage(model.eval(), data, cfg, amp, console, out, sampler=args.sampler, objectives=args.objectives,
+                   storage=args.storage, study_name=args.study_name, timeout=args.timeout,
+                   recovery_epochs=args.recovery_epochs)
+    except (ValueError, TypeError) as e:
+        print(f"slimops tune: {e}", file=sys.stderr)
+        return 2
+    if out is not None:
+        console.print(f"tune.json and tune-pareto.png are in {out}/")
+    return 0
+
+
+def _add_tune(sub) -> None:
+    from slimops.demo import MODELS
+    from slimops.tune import OBJECTIVES, SAMPLERS
+
+    p = sub.add_parser(
+        "tune",
+        help="train the demo model on the digits, then search its compression with slimops.tune (optuna)",
+        description="Train the demo model, then search per-layer compression (none, int8, fp8, sparse + "
+        "distillation) for the Pareto front of accuracy and size; print it, optionally write JSON and a plot.",
+    )
+    p.add_argument("--trials", type=int, default=20, help="trials of the study in total (%(default)s)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="tpe", help="optuna sampler (%(default)s)")
+    p.add_argument("--objectives", nargs="+", choices=list(OBJECTIVES), default=["metric", "size"],
+                   help="what to trade off (%(default)s)")
+    p.add_argument("--storage", metavar="URL", help="optuna storage, e.g. sqlite:///tune.db: a stopped run resumes")
+    p.add_argument("--study-name", help="the study's name in --storage (default: slimops.tune)")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
+    p.add_argument("--recovery-epochs", type=int, default=3, help="distillation epochs of a trial that prunes (%(default)s)")
+    p.add_argument("--model", default="cnn", help=f"one of {sorted(MODELS)} or package.module:factory (%(default)s)")
+    p.add_argument("--epochs", type=int, default=12, help="dense training epochs (%(default)s)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when visible, else cpu")
+    p.add_argument("--out", metavar="DIR", help="write tune.json and tune-pareto.png here")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_tune)
+
+
 # ---- encrypted files ---------------------------------------------------------------------------------
 # The key comes from --key-file or SLIMOPS_MODEL_KEY, never from an argument: arguments show in process listings.
 
@@ -251,7 +311,7 @@ def _add_keygen(sub) -> None:
     p.set_defaults(func=_keygen)
 
 
-_SUBCOMMANDS = [_add_demo, _add_info, _add_bench, _add_encrypt, _add_decrypt, _add_keygen]
+_SUBCOMMANDS = [_add_demo, _add_tune, _add_info, _add_bench, _add_encrypt, _add_decrypt, _add_keygen]
 
 
 def build_parser() -> argparse.ArgumentParser:

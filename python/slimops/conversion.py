@@ -31,6 +31,24 @@ Handler = Callable[[nn.Module, "Config"], nn.Module]
 class Config:
     """Base class of every conversion config (subclasses are dataclasses)."""
 
+    def needs_model(self) -> bool:
+        """Whether :meth:`prepare_layers` must run before the handlers (it has work to do)."""
+        return False
+
+    def prepare_layers(self, model: nn.Module, layers: list[tuple[list[str], nn.Module]]) -> dict[int, str]:
+        """Model-level work before the handlers run, for a config whose :meth:`needs_model` is True.
+
+        A handler sees one module; a config that must run the model first (``SparseConfig``
+        with calibration data prunes its layers in forward order, each seeing its pruned
+        predecessors) does it here. ``convert`` passes exactly the modules this config's
+        handlers will be given (``(names, module)``, as :func:`places` lists them), keeps a copy
+        of their parameters, and puts it back if the conversion fails.
+
+        Returns ``{id(module): why}`` for the modules to leave as they are (listed as skipped).
+        The default does nothing.
+        """
+        return {}
+
 
 class Unsupported(Exception):
     """Raised by a handler for a module it cannot convert; the module stays as it was."""
@@ -112,6 +130,8 @@ def build_replacement(module: nn.Module, config: Config) -> nn.Module:
 
     Raises :class:`Unsupported` (with the reason) when no handler takes this module.
     """
+    if config.needs_model():
+        raise Unsupported(f"{config!r} works on the whole model (prepare_layers): use slimops.convert")
     found = _handler_for(config, module)
     if found is None:
         raise Unsupported(f"{type(config).__name__} has no handler for {type(module).__name__}")
@@ -130,27 +150,46 @@ def _check_model(model: nn.Module) -> None:
         )
 
 
-def _plan(model: nn.Module, config: Config, filter_fn: FilterFn | None, summary: ConversionSummary):
-    """Build every replacement for one config without touching the model.
+def _plan(
+    model: nn.Module,
+    config: Config,
+    filter_fn: FilterFn | None,
+    summary: ConversionSummary,
+    saved: list[tuple[torch.Tensor, torch.Tensor]],
+):
+    """Build every replacement for one config without touching the model's modules.
 
     A module used at several places (the same object under several names) gets one
     replacement, put at every place, so the places stay one layer; it is converted when
     ``filter_fn`` selects it under any of its names. The model itself (fqn ``""``) is
-    never replaced: there is no parent to put the replacement in.
+    never replaced: there is no parent to put the replacement in. A config with model-level
+    work (:meth:`Config.prepare_layers`) may change the selected modules' parameters: their
+    ``(parameter, copy)`` pairs are appended to ``saved`` first, for ``convert`` to put back.
 
     Returns ``[(names, replacement)]`` and whether any module had a handler and passed the filter.
     """
     holders = param_holders(model)
-    planned: list[tuple[list[str], nn.Module]] = []
+    selected: list[tuple[list[str], nn.Module, Handler, str | None]] = []
     candidates = 0
     for names, module in places(model):
         found = _handler_for(config, module)
         if found is None or (filter_fn is not None and not any(filter_fn(module, n) for n in names)):
             continue
-        handler, fallback = found
         candidates += 1
         if "" in names:
             summary.skipped[""] = "the model itself: convert a model that holds it (e.g. nn.Sequential(layer))"
+            continue
+        selected.append((names, module, *found))
+    refused: dict[int, str] = {}
+    if selected and config.needs_model():
+        # NOTE: the copies go to the CPU: a failed conversion is rare, device memory is not.
+        saved += [(p, p.detach().to("cpu", copy=True)) for _, m, _, _ in selected for p in m.parameters(recurse=False)]
+        refused = config.prepare_layers(model, [(names, m) for names, m, _, _ in selected])
+    planned: list[tuple[list[str], nn.Module]] = []
+    for names, module, handler, fallback in selected:
+        if id(module) in refused:
+            for n in names:
+                summary.skipped[n] = refused[id(module)]
             continue
         try:
             new = handler(module, config)
@@ -427,10 +466,11 @@ def convert(
     summary = ConversionSummary()
     bytes_before = _param_bytes(model)
     swapped: list[tuple[str, nn.Module]] = []
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []  # parameters a config's prepare_layers may change
     selected_nothing: list[str] = []
     try:
         for c, select in steps:
-            planned, any_selected = _plan(model, c, select, summary)
+            planned, any_selected = _plan(model, c, select, summary, saved)
             if not any_selected:
                 selected_nothing.append(type(c).__name__)
             done = swap_modules(model, planned)
@@ -441,6 +481,9 @@ def convert(
                 summary.converted[fqn] = f"{before} -> {type(new).__name__}"
     except BaseException:
         restore_modules(model, swapped)  # leave the model exactly as it was
+        with torch.no_grad():
+            for p, copy in saved:
+                p.copy_(copy)
         raise
     if isinstance(config, Mapping):
         for fqn, c in config.items():

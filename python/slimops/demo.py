@@ -14,6 +14,9 @@ classes; 75% train, 25% test, stratified). The stages:
 3. **packed**: :meth:`Pruner.finalize` turns each layer into the fastest form its
    mask allows.
 4. **int8**: ``slimops.convert(model, Int8DynamicConfig())`` quantizes the linear layers.
+5. **tune** (with ``--tune N``): :func:`slimops.tune` searches N configurations of the dense
+   model (per linear layer: none, int8, fp8 or sparse with recovery by distillation) for the
+   Pareto front of accuracy and size (:mod:`slimops.tune.demo`).
 
 After each stage :func:`slimops.report.report` compares the model with the dense
 one (accuracy, size, latency, per-layer error), and the last table sums it up.
@@ -75,6 +78,7 @@ class DemoConfig:
         amp: ``True``/``False`` forces mixed precision on or off; None picks it per device.
         out: a folder for the per-stage JSON and PNG reports and the saved int8 model (None: none).
         seed: seeds the split, the initialisation and the batches.
+        tune: trials of the search stage (0: no search stage).
     """
 
     device: str | None = None
@@ -87,6 +91,7 @@ class DemoConfig:
     out: str | None = None
     seed: int = 0
     batch_size: int = 64
+    tune: int = 0
 
     def __post_init__(self):
         if self.device is None:
@@ -95,6 +100,8 @@ class DemoConfig:
             raise ValueError(f"demo: device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("demo: --device cuda, but torch sees no CUDA device")
+        if isinstance(self.tune, bool) or not isinstance(self.tune, int) or self.tune < 0:
+            raise ValueError(f"demo: tune must be an int >= 0 (trials of the search stage), got {self.tune!r}")
         for name in ("epochs", "finetune_epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -157,18 +164,21 @@ def amp_dtype(device: str) -> torch.dtype | None:
     return torch.bfloat16 if fast_bf16 else None
 
 
-def _train(model, data, epochs, cfg, amp, progress, label, loss_fn, after_step=None) -> None:
-    """One training run: AdamW, AMP when ``amp`` is a dtype, fused clip at norm 1.0 every step."""
+def _train(model, data, epochs, cfg, amp, progress, label, loss_fn, after_step=None, lr=2e-3, after_epoch=None) -> None:
+    """One training run: AdamW, AMP when ``amp`` is a dtype, fused clip at norm 1.0 every step.
+
+    ``after_epoch(epoch)`` is called after each epoch (the search stage reports accuracy there).
+    """
     x_train, y_train = data[0], data[1]
     device = x_train.device.type
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     # fp16 needs loss scaling; bf16 and fp32 do not (a disabled scaler is a no-op).
     scaler = torch.amp.GradScaler(device, enabled=amp == torch.float16)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     steps = -(-len(y_train) // cfg.batch_size)
     task = progress.add_task(label, total=epochs * steps)
     model.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         perm = torch.randperm(len(y_train), generator=gen).to(x_train.device)
         for i in range(steps):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
@@ -183,6 +193,8 @@ def _train(model, data, epochs, cfg, amp, progress, label, loss_fn, after_step=N
             if after_step is not None:
                 after_step()
             progress.advance(task)
+        if after_epoch is not None:
+            after_epoch(epoch)
     model.eval()
 
 
@@ -208,6 +220,29 @@ class StageResult:
     report: object  # slimops.report.CompressionReport
 
 
+def prepare(cfg: DemoConfig, console, title: str) -> tuple[nn.Module, tuple, torch.dtype | None]:
+    """Seed, load the digits, pick the AMP dtype and build the untrained model: ``(model, data, amp)``."""
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg.device, cfg.seed)
+    amp = None if cfg.amp is False else amp_dtype(cfg.device)
+    if cfg.amp is True and amp is None:
+        amp = torch.bfloat16  # forced on a CPU without native bf16: correct, only slower
+    console.print(
+        f"[bold]{title}[/]: {cfg.model} on digits ({len(data[1])} train / {len(data[3])} test), "
+        f"device {cfg.device}, AMP {amp if amp is not None else 'off (no fast half precision here)'}"
+    )
+    return build_model(cfg.model).to(cfg.device), data, amp
+
+
+def train_dense(model: nn.Module, data: tuple, cfg: DemoConfig, amp, console) -> None:
+    """Train ``model`` for ``cfg.epochs`` with cross-entropy, a progress bar on ``console``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        _train(model, data, cfg.epochs, cfg, amp, progress, "train dense", lambda x, y: F.cross_entropy(model(x), y))
+
+
 def run(cfg: DemoConfig, console=None) -> list[StageResult]:
     """Run every stage and print its report; returns the stage results.
 
@@ -222,17 +257,8 @@ def run(cfg: DemoConfig, console=None) -> list[StageResult]:
 
     console = console or Console()
     start = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    data = load_data(cfg.device, cfg.seed)
+    model, data, amp = prepare(cfg, console, "slimops demo")
     x_test, y_test = data[2], data[3]
-    amp = None if cfg.amp is False else amp_dtype(cfg.device)
-    if cfg.amp is True and amp is None:
-        amp = torch.bfloat16  # forced on a CPU without native bf16: correct, only slower
-    console.print(
-        f"[bold]slimops demo[/]: {cfg.model} on digits ({len(data[1])} train / {len(y_test)} test), "
-        f"device {cfg.device}, AMP {amp if amp is not None else 'off (no fast half precision here)'}"
-    )
-    model = build_model(cfg.model).to(cfg.device)
     eval_fn = lambda m: accuracy(m, x_test, y_test)  # noqa: E731
     out = Path(cfg.out) if cfg.out else None
     if out is not None:
@@ -252,10 +278,8 @@ def run(cfg: DemoConfig, console=None) -> list[StageResult]:
         # run; latencies of different stages are not comparable on a noisy machine.
 
     columns = (TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        # 1. dense training
-        _train(model, data, cfg.epochs, cfg, amp, progress, "train dense",
-               lambda x, y: F.cross_entropy(model(x), y))
+    # 1. dense training
+    train_dense(model, data, cfg, amp, console)
     dense = copy.deepcopy(model).eval()
     stage("dense", dense, model, "trained with slimops.clip_grad_norm_")
 
@@ -291,12 +315,40 @@ def run(cfg: DemoConfig, console=None) -> list[StageResult]:
 
     if out is not None:
         slimops.save(model, out / "model-int8.safetensors")
+    if cfg.tune:
+        tune_stage(dense, data, cfg, amp, console, out)
     _print_summary(console, results, time.perf_counter() - start)
     if out is not None:
         rows = [{k: v for k, v in dataclasses.asdict(r).items() if k != "report"} for r in results]
         (out / "demo.json").write_text(json.dumps({"config": dataclasses.asdict(cfg), "stages": rows}, indent=1))
         console.print(f"reports, plots and the int8 model are in {os.fspath(out)}/")
     return results
+
+
+def tune_stage(dense: nn.Module, data: tuple, cfg: DemoConfig, amp, console, out: Path | None, **search_kwargs):
+    """Search ``cfg.tune`` configurations of ``dense``; print the Pareto front and the smallest model within
+    1 point of the dense accuracy; write ``tune.json`` and ``tune-pareto.png`` to ``out``. Returns the result."""
+    from slimops.tune.demo import search
+
+    console.rule(f"[bold]tune ({cfg.tune} trials)")
+    result = search(dense, data, cfg, cfg.tune, amp=amp, **search_kwargs)
+    result.print(console)
+    if result.failed:
+        console.print(f"[yellow]{len(result.failed)} trial(s) failed[/], the first: {result.failed[0].error}")
+    if result.dense is not None and "size" in result.objectives:
+        floor = result.dense.metrics["metric"] - 1.0
+        try:
+            best = result.best(metric_floor=floor)
+            console.print(
+                f"smallest within 1 point of dense ({result.dense.metrics['metric']:.2f}%): trial {best.number}, "
+                f"{best.metrics['metric']:.2f}%, {best.metrics['size'] / result.dense.metrics['size']:.2f}x the size"
+            )
+        except ValueError as e:
+            console.print(f"[yellow]{e}[/]")
+    if out is not None:
+        result.to_json(out / "tune.json")
+        result.plot(out / "tune-pareto.png")
+    return result
 
 
 def _print_summary(console, results: list[StageResult], seconds: float) -> None:
@@ -335,10 +387,12 @@ def add_arguments(parser) -> None:
                         help="mixed precision on/off (default: where the device has fast half precision)")
     parser.add_argument("--out", metavar="DIR", help="write per-stage JSON + PNG reports and the int8 model here")
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--tune", type=int, default=0, metavar="N",
+                        help="add a search stage of N slimops.tune trials and its Pareto plot (default: none)")
 
 
 def config_from_args(args) -> DemoConfig:
     return DemoConfig(
         device=args.device, model=args.model, epochs=args.epochs, finetune_epochs=args.finetune_epochs,
-        sparsity=args.sparsity, pattern=args.pattern, amp=args.amp, out=args.out, seed=args.seed,
+        sparsity=args.sparsity, pattern=args.pattern, amp=args.amp, out=args.out, seed=args.seed, tune=args.tune,
     )

@@ -1,9 +1,13 @@
 """:class:`SparseConfig` for ``slimops.convert``: one-shot pruning of each ``nn.Linear`` into its
-packed form, and the ``nn.Linear`` handler that does it."""
+packed form, and the ``nn.Linear`` handler that does it. With a calibration ``method``, the
+config's :meth:`~SparseConfig.prepare_layers` runs :func:`slimops.prune.oneshot` over exactly the
+layers ``convert`` selected, before the handler packs the zeros it left."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -35,19 +39,37 @@ class SparseConfig(Config):
     so packed sparse layers are quantized dense, as ``slimops_summary.fallbacks`` says).
     Meeting a layer that is already quantized, half precision or observed is an error.
 
+    With ``method`` (``"sparsegpt"``, ``"wanda"`` or ``"magnitude"``) and ``calibration``,
+    ``convert`` first prunes the layers it selected with :func:`slimops.prune.oneshot`, in
+    forward order, each layer's inputs recorded with its predecessors already pruned; the
+    handler then packs exactly the zeros the method left. Layers ``oneshot`` cannot prune
+    (tied, never called on the calibration batches) are skipped, with the reason. Use it in a
+    list with quantization as above: ``[SparseConfig(0.5, "2:4", method="sparsegpt",
+    calibration=batches), Int8DynamicConfig()]``.
+
     Args:
         sparsity: fraction of pruned weights, in [0, 1); must be 0.5 for ``"2:4"``.
         pattern: ``"unstructured"``, ``"2:4"`` or ``"block"``.
         block_size: tile size for ``"block"``: 16, 32, 64 or 128.
         criterion: ``"magnitude"``, ``"random"``, or a gradient criterion (``"gradient"``,
             ``"taylor"``, ``"fisher"``), which reads each weight's current ``.grad``
-            (run a backward pass before converting).
+            (run a backward pass before converting). Per layer, without data; ``method``
+            replaces it.
+        method: ``"sparsegpt"``, ``"wanda"`` or ``"magnitude"``: one-shot pruning with
+            ``calibration`` (see above); None: the per-layer ``criterion``.
+        calibration: batches for ``method``, as :func:`slimops.prune.oneshot` takes them
+            (tensors, tuples or dicts), on the model's device.
+        dampening: SparseGPT's dampening of the Hessian (see :func:`slimops.prune.oneshot`).
     """
 
     sparsity: float
     pattern: str = "unstructured"
     block_size: int = 64
     criterion: str = "magnitude"
+    method: str | None = None
+    # Batches are data, not settings: not printed, not compared.
+    calibration: list | None = dataclasses.field(default=None, repr=False, compare=False)
+    dampening: float = 0.01
 
     def __post_init__(self):
         _check_sparsity(self.sparsity, "SparseConfig: sparsity")
@@ -58,6 +80,79 @@ class SparseConfig(Config):
         if isinstance(self.block_size, bool) or self.block_size not in BLOCK_SIZES:
             raise ValueError(f"SparseConfig: block_size must be one of {BLOCK_SIZES}, got {self.block_size!r}")
         get_criterion(self.criterion)  # raises with the known names
+        self._check_method()
+
+    def _check_method(self) -> None:
+        from slimops.prune.oneshot import METHODS
+
+        if self.method is None:
+            if self.calibration is not None:
+                raise ValueError(
+                    "SparseConfig: calibration is used by a one-shot method; pass method='sparsegpt', "
+                    "'wanda' or 'magnitude' with it"
+                )
+            return
+        if not isinstance(self.method, str) or self.method not in METHODS:
+            raise ValueError(f"SparseConfig: unknown method {self.method!r}; known methods: {', '.join(METHODS)}")
+        if self.criterion != "magnitude":
+            raise ValueError(
+                f"SparseConfig: criterion {self.criterion!r} and method {self.method!r} both choose the weights "
+                "to prune; give one of them"
+            )
+        if self.calibration is None:
+            raise ValueError(
+                f"SparseConfig: method {self.method!r} needs calibration=[batches] (it records each layer's "
+                "inputs); without data use criterion='magnitude'"
+            )
+        if isinstance(self.calibration, (torch.Tensor, Mapping)) or not hasattr(self.calibration, "__iter__"):
+            raise TypeError(
+                "SparseConfig: calibration must be an iterable of batches (a list of tensors, tuples or dicts), "
+                f"got {type(self.calibration).__name__}"
+            )
+        self.calibration = list(self.calibration)  # a generator would be spent by the first convert
+        if not self.calibration:
+            raise ValueError("SparseConfig: calibration holds no batch; give at least one")
+        d = self.dampening
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not (d >= 0 and math.isfinite(d)):
+            raise ValueError(f"SparseConfig: dampening must be a finite number >= 0, got {d!r}")
+
+    def needs_model(self) -> bool:
+        return self.method is not None
+
+    def prepare_layers(self, model: nn.Module, layers: list[tuple[list[str], nn.Module]]) -> dict[int, str]:
+        """With ``method``: prune ``layers`` in place with :func:`slimops.prune.oneshot` (see the class).
+
+        Returns ``{id(module): why}`` for the layers left dense: those the handler would refuse
+        (checked first, so they are not pruned) and those ``oneshot`` skipped.
+        """
+        from slimops.nn._convertible import _is_hf_conv1d, check_convertible_linear
+        from slimops.prune.oneshot import oneshot
+
+        refused: dict[int, str] = {}
+        chosen: set[int] = set()
+        for _, module in layers:
+            conv1d = _is_hf_conv1d(module)
+            if not (isinstance(module, nn.Linear) or conv1d):
+                continue  # sparse or quantized layers: their own handler says why
+            try:
+                (check_convertible_linear if conv1d else check_linear)(module)
+            except Unsupported as e:
+                refused[id(module)] = str(e)
+                continue
+            why = _why_unsupported(module.weight.t() if conv1d else module.weight, self)
+            if why is None:
+                chosen.add(id(module))
+            else:
+                refused[id(module)] = why
+        if not chosen:
+            return refused
+        report = oneshot(
+            model, self.calibration, self.sparsity, self.make_pattern(), self.method,
+            filter_fn=lambda m, fqn: id(m) in chosen, dampening=self.dampening,
+        )
+        for fqn, why in report.skipped.items():
+            refused[id(model.get_submodule(fqn))] = f"one-shot {self.method}: {why}"
+        return refused
 
     def make_pattern(self) -> Pattern:
         return {"unstructured": Unstructured, "2:4": lambda: NM(2, 4), "block": lambda: Block(self.block_size)}[
@@ -65,34 +160,45 @@ class SparseConfig(Config):
         ]()
 
 
+def _why_unsupported(weight: torch.Tensor, config: SparseConfig) -> str | None:
+    """Why the packed form of ``config`` cannot hold this ``[out, in]`` weight, or None."""
+    why = config.make_pattern().check(tuple(weight.shape))
+    if why is not None:
+        return why
+    if config.pattern == "2:4" and weight.shape[1] % _S24_K_MULTIPLE:
+        return f"2:4 packing needs in_features divisible by {_S24_K_MULTIPLE}, got {weight.shape[1]}"
+    if config.pattern == "2:4" and not _s24_runs(weight):
+        return (
+            f"the 2:4 kernel on {weight.device.type} takes float16/bfloat16 weights, not "
+            f"{weight.dtype}: convert the model to half precision first"
+        )
+    if not torch.isfinite(weight.detach()).all():
+        return "weight holds inf or NaN values"
+    return None
+
+
 @register_handler(SparseConfig, nn.Linear)
 def _sparse_linear(module: nn.Linear, config: SparseConfig) -> nn.Module:
     check_linear(module)
-    pattern = config.make_pattern()
-    why = pattern.check(tuple(module.weight.shape))
+    why = _why_unsupported(module.weight, config)
     if why is not None:
         raise Unsupported(why)
-    if config.pattern == "2:4" and module.in_features % _S24_K_MULTIPLE:
-        raise Unsupported(f"2:4 packing needs in_features divisible by {_S24_K_MULTIPLE}, got {module.in_features}")
-    if config.pattern == "2:4" and not _s24_runs(module.weight):
-        raise Unsupported(
-            f"the 2:4 kernel on {module.weight.device.type} takes float16/bfloat16 weights, not "
-            f"{module.weight.dtype}: convert the model to half precision first"
-        )
     weight = module.weight.detach()
-    if not torch.isfinite(weight).all():
-        raise Unsupported("weight holds inf or NaN values")
-    crit = get_criterion(config.criterion)
-    if crit.needs_grad:
-        if module.weight.grad is None:
-            raise ValueError(
-                f"SparseConfig: criterion {config.criterion!r} reads each weight's .grad, but this layer has none; "
-                "run a backward pass on calibration data before slimops.convert"
-            )
-        crit.observe_grad(module.weight, module.weight.grad)
-    scores = crit.scores(module.weight)
-    keep = torch.ones_like(weight, dtype=torch.bool)
-    (mask,) = select_masks([scores], [keep], pattern, config.sparsity, "layer")
+    if config.method is not None:
+        # prepare_layers pruned this layer with calibration data: pack exactly its zeros.
+        mask = weight != 0
+    else:
+        crit = get_criterion(config.criterion)
+        if crit.needs_grad:
+            if module.weight.grad is None:
+                raise ValueError(
+                    f"SparseConfig: criterion {config.criterion!r} reads each weight's .grad, but this layer has none; "
+                    "run a backward pass on calibration data before slimops.convert"
+                )
+            crit.observe_grad(module.weight, module.weight.grad)
+        scores = crit.scores(module.weight)
+        keep = torch.ones_like(weight, dtype=torch.bool)
+        (mask,) = select_masks([scores], [keep], config.make_pattern(), config.sparsity, "layer")
     bias = None if module.bias is None else module.bias.detach()
     # A block pattern packs with its own tile: a coarser one would store the zeros of pruned
     # tiles, and its size would depend on the weights (a saved file would fit no other skeleton).
