@@ -98,3 +98,13 @@ def local_part(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
     # src_data_rank=None: every rank cuts its own part of its own (equal) copy, no communication.
     return distribute_tensor(t, like.device_mesh, like.placements, src_data_rank=None).to_local()
+
+
+
+def __getattr__(name: str):
+    # The tensor-parallel half imports torch.distributed.tensor.parallel (seconds): only when used.
+    if name in ("tp_plan", "PackedColwiseParallel", "PackedRowwiseParallel", "why_not_shardable"):
+        from slimops.distributed import tensor_parallel
+
+        return getattr(tensor_parallel, name)
+    raise AttributeError(f"module 'slimops.distributed' has no attribute {name!r}")
