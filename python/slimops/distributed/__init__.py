@@ -108,3 +108,27 @@ def __getattr__(name: str):
 
         return getattr(tensor_parallel, name)
     raise AttributeError(f"module 'slimops.distributed' has no attribute {name!r}")
+
+
+def is_sharded(model) -> bool:
+    """Whether any parameter or buffer of ``model`` is a DTensor (``fully_shard``, ``parallelize_module``)."""
+    return any(is_dtensor(t) for t in model.state_dict().values())
+
+
+def full_state_dict(model) -> dict[str, torch.Tensor]:
+    """The whole ``state_dict`` of a sharded model, on CPU, on rank 0 (``{}`` on the other ranks).
+
+    A collective: every rank calls it. ``torch.distributed.checkpoint.state_dict.get_model_state_dict``
+    gathers each DTensor in turn, so only rank 0 ever holds the whole model (in CPU memory).
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state_dict(model, state: dict[str, torch.Tensor]) -> None:
+    """Load a whole ``state_dict`` (the same on every rank) into a sharded ``model``: each rank keeps
+    its shards of it (``set_model_state_dict``, strict). A collective: every rank calls it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
