@@ -12,6 +12,13 @@ Loading needs a skeleton: the same architecture, converted with the same
 configs (its values are overwritten). The module map makes a skeleton that was
 converted differently an error instead of a silent reinterpretation of bytes.
 
+A sharded model (FSDP2's ``fully_shard``, or tensor parallel through
+``slimops.distributed.tp_plan``: any DTensor in its state) is saved by every rank
+together: the shards are gathered to rank 0 (``get_model_state_dict``, one tensor at a
+time, in CPU memory), which writes the file the unsharded model gives, and the others
+wait for it. Loading into a sharded skeleton reads the file on every rank (a path every
+rank sees) and keeps each rank's shards of it (``set_model_state_dict``).
+
 A ``torch.compile``'d model (or skeleton) is saved and loaded as the model it
 wraps: the file is the one the uncompiled model gives, without the
 ``_orig_mod.`` prefix the wrapper adds to every name.
@@ -95,7 +102,8 @@ def save(model: nn.Module, path: str | os.PathLike, key=None) -> None:
 
     Args:
         model: a model, usually after ``slimops.convert``; a ``torch.compile``'d one is
-            saved as the model it wraps (the same file).
+            saved as the model it wraps (the same file). A sharded one (DTensors) is
+            gathered: every rank calls ``save``, rank 0 writes the one file.
         path: the file to write.
         key: encrypt with this 32-byte key: bytes, a hex or base64 str, or a callable that
             returns one (see ``slimops.generate_key``). None: the ``SLIMOPS_MODEL_KEY``
@@ -254,7 +262,8 @@ def load(path: str | os.PathLike, skeleton: nn.Module, key=None) -> nn.Module:
             one; older ones are migrated as the module docstring says).
         skeleton: the same architecture, converted with the same configs; its
             tensors are overwritten in place (on their own devices). A
-            ``torch.compile``'d skeleton is loaded through the model it wraps.
+            ``torch.compile``'d skeleton is loaded through the model it wraps. A
+            sharded one (DTensors) keeps each rank's shards; every rank calls ``load``.
         key: the key the file was saved with, as :func:`save` takes it (None: the
             ``SLIMOPS_MODEL_KEY`` environment variable if set). With a key, a plain
             file is refused; False loads a plain file whatever the environment says.

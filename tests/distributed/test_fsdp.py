@@ -103,6 +103,10 @@ def _train(criterion: str, amp: bool, rank: int | None) -> dict:
             w = local_tensor(layer.weight)
             out["zeros_ok"] &= bool((w[~local_part(layer.mask, layer.weight)] == 0).all())
     out["params"] = {n: _whole(p.detach()) for n, p in model.named_parameters()}
+    if rank is not None:
+        with pytest.raises(RuntimeError, match=r"finalize\(\): the weights of 0, 2 are sharded") as e:
+            pruner.finalize()
+        out["finalize_error"] = str(e.value)
     return out
 
 
@@ -128,6 +132,7 @@ def test_fsdp2_training_with_the_pruner_matches_one_process(runs, case):
             assert torch.equal(m0[fqn], m1[fqn]), f"rank masks differ at step {step}, {fqn}"
             assert torch.equal(m0[fqn], m[fqn]), f"FSDP2 mask != one process at step {step}, {fqn}"
     assert r0["zeros_ok"] and r1["zeros_ok"], "a pruned weight moved off zero in a shard"
+    assert "slimops.save" in r0["finalize_error"], r0["finalize_error"]
     for name, p in want["params"].items():
         torch.testing.assert_close(r0["params"][name], p, rtol=1e-5, atol=1e-6, msg=name)
         torch.testing.assert_close(r1["params"][name], p, rtol=1e-5, atol=1e-6, msg=name)

@@ -89,7 +89,38 @@ def _tp_worker(rank: int, world: int) -> dict:
                 "reference": reference(ids).logits,
                 "types": sorted({type(m).__name__ for m in model.modules()}),
             }
+    out["errors"] = _style_errors(mesh)
     return out
+
+
+def _style_errors(mesh) -> list[str]:
+    """What parallelize_module says for a packed layer it cannot shard, or layouts it does not take."""
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    from slimops.distributed import PackedColwiseParallel
+
+    errors = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        block = slimops.convert(_llama(), slimops.SparseConfig(0.75, pattern="block", block_size=16))
+    fqn = "model.layers.0.self_attn.q_proj"
+    for model, style in [
+        (block, PackedColwiseParallel(fqn=fqn)),
+        (_converted("int8_weight_only"), PackedColwiseParallel(fqn=fqn, use_local_output=False)),
+    ]:
+        try:
+            parallelize_module(model, mesh, {fqn: style})
+        except ValueError as e:
+            errors.append(str(e))
+    return errors
+
+
+def test_the_styles_name_a_module_they_cannot_shard_and_refuse_other_layouts(ranks):
+    for result in ranks:
+        unshardable, layouts = result["errors"]
+        assert "'model.layers.0.self_attn.q_proj' (BlockSparseLinear)" in unshardable
+        assert "no tensor-parallel sharding" in unshardable
+        assert "default layouts only" in layouts and "use_local_output=True" in layouts
 
 
 @pytest.fixture(scope="module")

@@ -51,6 +51,15 @@ class Pruner:
     steps the scaler skipped for an overflow elsewhere in the model. Gradient-accumulation
     micro-batches add up in ``.grad``, so they count as the one step they are.
 
+    Under ``torch.distributed`` (DDP, FSDP2): every criterion's scores are made the same on
+    every rank before the masks are selected (:func:`slimops.distributed.reduce_scores`:
+    plain scores averaged over the default group with one ``all_reduce``, FSDP2's DTensor
+    scores gathered whole), so every rank holds the same masks. Build the Pruner before
+    wrapping the model (DDP) or sharding it (``fully_shard``); every rank calls
+    :meth:`step` and :meth:`update_masks`, which are then collectives. Under FSDP2 the
+    masks stay whole on every rank, and a sharded weight's gradient is observed when
+    it is a new tensor (``zero_grad(set_to_none=True)``, the default) or was added to.
+
     Args:
         model: the model, changed in place.
         criterion: a name (``magnitude``, ``gradient``, ``taylor``, ``fisher``, ``random``) or a
@@ -307,6 +316,13 @@ class Pruner:
         layers before them): they are for inference, or further conversion.
         """
         self._check_live()
+        sharded = [fqn for fqn, layer in self.layers.items() if is_dtensor(layer.weight)]
+        if sharded:
+            raise RuntimeError(
+                f"Pruner.finalize(): the weights of {', '.join(sharded)} are sharded (fully_shard); packing "
+                "needs whole weights. Save the trained model with slimops.save (one file), load it into an "
+                "unsharded copy (the model with a Pruner built the same way) and finalize that Pruner"
+            )
         for h in self._hooks:
             h.remove()
         self._hooks = []
