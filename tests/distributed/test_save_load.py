@@ -59,11 +59,24 @@ def _fsdp_worker(rank: int, world: int, folder: str) -> dict:
     return {"saved": saved, "loaded": _whole_state(skeleton), "files": sorted(os.listdir(folder))}
 
 
-def test_fsdp2_model_saves_one_file_and_loads_into_shards(tmp_path):
-    ranks = spawn(_fsdp_worker, WORLD, str(tmp_path))
+def _worker(rank: int, world: int, folder: str) -> dict:
+    # Both engines in one pair of processes: starting them costs more than the checks.
+    return {"fsdp": _fsdp_worker(rank, world, folder), "tp": _tp_worker(rank, world, folder)}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("save_load")
+    return folder, spawn(_worker, WORLD, str(folder))
+
+
+def test_fsdp2_model_saves_one_file_and_loads_into_shards(runs):
+    tmp_path, both = runs
+    ranks = [r["fsdp"] for r in both]
     saved = ranks[0]["saved"]
     assert any(not m.all() for k, m in saved.items() if k.endswith("mask")), "nothing was pruned"
-    assert ranks[0]["files"] == ranks[1]["files"] == ["fsdp.safetensors"]
+    assert ranks[0]["files"] == ranks[1]["files"] == ["fsdp.safetensors"]  # one file, by rank 0
     for r in ranks:
         assert r["saved"].keys() == r["loaded"].keys() == saved.keys()
         for key, want in saved.items():
@@ -106,8 +119,9 @@ def _tp_worker(rank: int, world: int, folder: str) -> dict:
         return {"loaded": skeleton(ids).logits, "reference": reference(ids).logits, "other": _llama(1)(ids).logits}
 
 
-def test_tensor_parallel_model_saves_the_one_process_file_and_loads_into_shards(tmp_path):
-    ranks = spawn(_tp_worker, WORLD, str(tmp_path))
+def test_tensor_parallel_model_saves_the_one_process_file_and_loads_into_shards(runs):
+    tmp_path, both = runs
+    ranks = [r["tp"] for r in both]
     slimops.save(_llama(0), tmp_path / "one.safetensors")
     got, want = load_file(tmp_path / "tp.safetensors"), load_file(tmp_path / "one.safetensors")
     assert got.keys() == want.keys()
