@@ -90,6 +90,31 @@ def _tp_worker(rank: int, world: int) -> dict:
                 "types": sorted({type(m).__name__ for m in model.modules()}),
             }
     out["errors"] = _style_errors(mesh)
+    out["uneven"] = _uneven_mlp(mesh)
+    return out
+
+
+def _uneven_mlp(mesh) -> dict:
+    """37 hidden features over 2 ranks (19 + 18): colwise then rowwise, fp32 and float64 inputs."""
+    from torch import nn
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    from slimops.distributed import PackedColwiseParallel, PackedRowwiseParallel
+
+    out = {}
+    for name in ("int8_weight_only", "int8_dynamic"):
+        torch.manual_seed(5)
+        reference = slimops.convert(nn.Sequential(nn.Linear(24, 37), nn.ReLU(), nn.Linear(37, 5)), CONFIGS[name]())
+        model = parallelize_module(
+            copy.deepcopy(reference), mesh, {"0": PackedColwiseParallel(), "2": PackedRowwiseParallel()}
+        )
+        x = torch.randn(3, 24, generator=torch.Generator().manual_seed(6))
+        with torch.no_grad():
+            out[name] = {
+                "shard_rows": model[0].qweight.to_local().shape[0],
+                "fp32": (model(x), reference(x)),
+                "fp64": (model(x.double()), reference(x.double())),
+            }
     return out
 
 
@@ -157,3 +182,14 @@ def test_a_split_that_cuts_weight_groups_is_named_with_the_reason():
     # Four ranks: o_proj's 64 inputs in parts of 16, half a group of 32 each.
     with pytest.raises(ValueError, match=r"'model\.layers\.0\.self_attn\.o_proj'.*rowwise.*groups of 32"):
         tp_plan(model, tp_size=4)
+
+
+@pytest.mark.parametrize("name", ["int8_weight_only", "int8_dynamic"])
+def test_an_uneven_split_and_float64_inputs_equal_one_process(ranks, name):
+    for rank, result in enumerate(ranks):
+        got = result["uneven"][name]
+        assert got["shard_rows"] == (19, 18)[rank]
+        for dtype in ("fp32", "fp64"):
+            tp, one = got[dtype]
+            assert tp.dtype == one.dtype
+            torch.testing.assert_close(tp, one, rtol=1e-5, atol=1e-6, msg=f"rank {rank}, {dtype}")

@@ -128,15 +128,17 @@ def _rowwise_forward(module, input):
         # Per-token activation scales come from the whole row, as on one process: gather the row,
         # quantize it, and multiply this rank's columns of it.
         k = module.in_features
+        # As PackedLinear.forward: no kernel computes in float64, a float64 input runs in float32.
+        xk = x.float() if x.dtype == torch.float64 else x
         whole = DTensor.from_local(
-            x, mesh, [Shard(x.dim() - 1)], run_check=False, shape=(*x.shape[:-1], k),
+            xk, mesh, [Shard(x.dim() - 1)], run_check=False, shape=(*x.shape[:-1], k),
             stride=_contiguous_stride((*x.shape[:-1], k)),
         ).full_tensor()
         lo, hi = _chunk_bounds(k, mesh.size(), mesh.get_local_rank())
         q, scale = slimops.ops.quantize_per_token(whole.reshape(-1, k))
         out = slimops.ops.int8_mm(
-            q[:, lo:hi].contiguous(), twin.qweight, scale, twin.weight_scale, None, x.dtype
-        ).reshape(*x.shape[:-1], -1)
+            q[:, lo:hi].contiguous(), twin.qweight, scale, twin.weight_scale, None, xk.dtype
+        ).reshape(*x.shape[:-1], -1).to(x.dtype)
     else:
         out = twin.forward(x)
     out = DTensor.from_local(out, mesh, [Partial()], run_check=False).redistribute(mesh, [Replicate()]).to_local()
