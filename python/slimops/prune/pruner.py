@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from slimops.conversion import FilterFn, Unsupported, param_holders, places, swap_modules, tied_elsewhere
-from slimops.distributed import is_dtensor, all_finite, reduce_scores
+from slimops.distributed import all_finite, is_dtensor, reduce_scores
 from slimops.nn._convertible import _is_hf_conv1d, check_convertible_linear
 from slimops.nn.sparse import BLOCK_SIZES, MaskedConv2d, MaskedLinear, check_linear
 from slimops.prune.channels import (
