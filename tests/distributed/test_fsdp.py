@@ -110,8 +110,40 @@ def _train(criterion: str, amp: bool, rank: int | None) -> dict:
     return out
 
 
+def _overflow_on_one_rank(rank: int, amp: bool) -> dict:
+    """An inf in rank 0's shard of one gradient: both ranks drop the step (the scaler's found_inf
+    and the Pruner's finite check are judged over the whole gradient), so they stay alike."""
+    from torch.distributed.fsdp import fully_shard
+
+    model = _model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner = P.Pruner(model, "gradient", "unstructured", 0.5, schedule=P.one_shot(step=1))
+    for layer in pruner.layers.values():
+        fully_shard(layer)
+    fully_shard(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8, enabled=amp)
+    x, y = _batches()[0]
+    scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+    if rank == 0:
+        local_tensor(model[0].weight.grad)[0, 0] = float("inf")
+    before = {n: _whole(p.detach()) for n, p in model.named_parameters()}
+    if amp:
+        slimops.amp.unscale_clip_grad_norm_(scaler, opt, 0.5)
+        scaler.step(opt)  # skipped: found_inf
+        pruner.step(scaler)
+        scaler.update()
+    else:
+        pruner.step()
+    moved = any(not torch.equal(_whole(p.detach()), before[n]) for n, p in model.named_parameters())
+    return {"dropped": pruner.dropped_steps, "moved": moved}
+
+
 def _fsdp_worker(rank: int, world: int, cases) -> dict:
-    return {case: _train(*case, rank) for case in cases}
+    out = {case: _train(*case, rank) for case in cases}
+    out["overflow"] = {amp: _overflow_on_one_rank(rank, amp) for amp in (False, True)}
+    return out
 
 
 CASES = [("taylor", False), ("fisher", False), ("magnitude", False), ("gradient", True)]
@@ -149,3 +181,13 @@ def test_clip_over_sharded_gradients_is_the_one_process_clip_with_one_all_reduce
         assert got["clip_all_reduces"] == [1] * STEPS, got["clip_all_reduces"]
         for name, g in want["clipped"].items():
             torch.testing.assert_close(got["clipped"][name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["pruner", "amp"])
+def test_an_inf_in_one_rank_shard_drops_the_step_on_every_rank(runs, amp):
+    ranks, _ = runs
+    for rank, r in enumerate(ranks):
+        got = r["overflow"][amp]
+        assert got["dropped"] == 1, f"rank {rank} observed a step whose gradient holds inf on rank 0"
+        if amp:
+            assert not got["moved"], f"rank {rank}: the scaler did not skip the step"
