@@ -4,7 +4,8 @@
 #   2. slimops info, bad calls raising (not crashing), the bad-input fuzz on CUDA;
 #   3. pytest -m gpu (junit xml + log);
 #   4. the never-slower table (bench/never_slower.py: every slimops layer against the bf16
-#      nn.Linear it replaces; fails on a row below 0.95x);
+#      nn.Linear it replaces; fails on a row below 0.95x); the README's DDP example under
+#      torchrun on every GPU when there are several (skipped on one);
 #   5. slimops bench --quick --device cuda for the sparse suite (masked / block-sparse / 2:4
 #      linears, never measured on a GPU yet); SUITES="quant quantize clip" reruns the earlier
 #      ones; EXTRAS="demo launch" adds the CUDA demo and the launch-cost table.
@@ -111,6 +112,22 @@ else:
   # How _C links the C++ runtime: on the H200 image (/opt/gcc 13.3) formatting a
   # number in an error message crashed inside _C (see bench/results/pytest-gpu-h200-*).
   step libstdcxx 30 bash -c "so=\$($PY -c 'import slimops._C as m; print(m.__file__)'); readelf -d \$so | grep NEEDED; echo defined basic_ostream symbols: \$(nm -D --defined-only \$so | grep -c basic_ostream); echo newest GLIBCXX _C needs: \$(objdump -T \$so | grep -o 'GLIBCXX_[0-9.]*' | sort -uV | tail -n 1); $PY -c 'import slimops._C; print(*sorted({l.split()[-1] for l in open(\"/proc/self/maps\") if \"libstdc++\" in l}), sep=\"\\n\")'"
+
+  # The README's DDP example (pruning, KD, clipping; NCCL) on every GPU, when there are
+  # several; one GPU cannot run it, so it is skipped, and says so.
+  local ngpu
+  ngpu=$($PY -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
+  if ((ngpu > 1)); then
+    $PY - "$OUT/prune_ddp.py" <<'PYEOF'
+import re, sys
+text = open("README.md").read()
+blocks = [m.group(1) for m in re.finditer(r"^```python torchrun\n(.*?)^```", text, re.S | re.M)]
+open(sys.argv[1], "w").write(next(b for b in blocks if b.startswith("# prune_ddp.py")))
+PYEOF
+    step ddp-example 90 $PY -m torch.distributed.run --standalone --nproc-per-node "$ngpu" "$OUT/prune_ddp.py"
+  else
+    echo "=== [ddp-example] SKIPPED: $ngpu GPU(s) here; the DDP example needs more than one"
+  fi
 
   # Parallel workers share Triton's on-disk cache and spread its compiles over the
   # cores.

@@ -12,6 +12,13 @@ Loading needs a skeleton: the same architecture, converted with the same
 configs (its values are overwritten). The module map makes a skeleton that was
 converted differently an error instead of a silent reinterpretation of bytes.
 
+A sharded model (FSDP2's ``fully_shard``, or tensor parallel through
+``slimops.distributed.tp_plan``: any DTensor in its state) is saved by every rank
+together: the shards are gathered to rank 0 (``get_model_state_dict``, one tensor at a
+time, in CPU memory), which writes the file the unsharded model gives, and the others
+wait for it. Loading into a sharded skeleton reads the file on every rank (a path every
+rank sees) and keeps each rank's shards of it (``set_model_state_dict``).
+
 A ``torch.compile``'d model (or skeleton) is saved and loaded as the model it
 wraps: the file is the one the uncompiled model gives, without the
 ``_orig_mod.`` prefix the wrapper adds to every name.
@@ -44,7 +51,7 @@ import os
 import torch
 from torch import nn
 
-from slimops import _measure, encryption
+from slimops import _measure, distributed, encryption
 
 FORMAT = "slimops"
 FORMAT_VERSION = 2
@@ -53,11 +60,19 @@ FORMAT_VERSION = 2
 _QWEIGHT_CLASSES_V2 = frozenset({"Int8DynamicLinear", "Int8WeightOnlyLinear", "Int8StaticLinear", "Fp8DynamicLinear"})
 
 
+def _model_class(m: nn.Module) -> type:
+    """The class of ``m`` as the model built it: ``fully_shard`` makes it ``FSDP<Class>(FSDPModule, Class)``."""
+    cls = type(m)
+    while cls.__module__.startswith("torch.distributed") and len(cls.__bases__) > 1:
+        cls = cls.__bases__[1]
+    return cls
+
+
 def _slimops_modules(model: nn.Module) -> dict[str, str]:
     return {
-        fqn: type(m).__name__
+        fqn: _model_class(m).__name__
         for fqn, m in model.named_modules()
-        if type(m).__module__.split(".")[0] == "slimops"
+        if _model_class(m).__module__.split(".")[0] == "slimops"
     }
 
 
@@ -87,7 +102,8 @@ def save(model: nn.Module, path: str | os.PathLike, key=None) -> None:
 
     Args:
         model: a model, usually after ``slimops.convert``; a ``torch.compile``'d one is
-            saved as the model it wraps (the same file).
+            saved as the model it wraps (the same file). A sharded one (DTensors) is
+            gathered: every rank calls ``save``, rank 0 writes the one file.
         path: the file to write.
         key: encrypt with this 32-byte key: bytes, a hex or base64 str, or a callable that
             returns one (see ``slimops.generate_key``). None: the ``SLIMOPS_MODEL_KEY``
@@ -103,14 +119,25 @@ def save(model: nn.Module, path: str | os.PathLike, key=None) -> None:
         "format_version": str(FORMAT_VERSION),
         "modules": json.dumps(_slimops_modules(model), sort_keys=True),
     }
+    if distributed.is_sharded(model):
+        # Every rank takes part in gathering the shards; rank 0 writes the one file, the same file
+        # the unsharded model gives, and the others wait until it is there.
+        state = distributed.full_state_dict(model)
+        if torch.distributed.get_rank() == 0:
+            _write(path, secret, metadata, state)
+        torch.distributed.barrier()
+        return
+    _write(path, secret, metadata, model.state_dict())
+
+
+def _write(path, secret, metadata: dict[str, str], state: dict[str, torch.Tensor]) -> None:
     if secret is not None:
         # One tensor at a time: the encrypted file never needs a second copy of the model.
-        state = model.state_dict()
         encryption.write(path, secret, metadata, encryption.specs_of(state), state.__getitem__, "slimops.save")
         return
     from safetensors.torch import save_file
 
-    save_file(_tensors_for_file(model.state_dict()), os.fspath(path), metadata=metadata)
+    save_file(_tensors_for_file(state), os.fspath(path), metadata=metadata)
 
 
 def _read_metadata(path: str, who: str = "slimops.load") -> dict[str, str]:
@@ -235,7 +262,8 @@ def load(path: str | os.PathLike, skeleton: nn.Module, key=None) -> nn.Module:
             one; older ones are migrated as the module docstring says).
         skeleton: the same architecture, converted with the same configs; its
             tensors are overwritten in place (on their own devices). A
-            ``torch.compile``'d skeleton is loaded through the model it wraps.
+            ``torch.compile``'d skeleton is loaded through the model it wraps. A
+            sharded one (DTensors) keeps each rank's shards; every rank calls ``load``.
         key: the key the file was saved with, as :func:`save` takes it (None: the
             ``SLIMOPS_MODEL_KEY`` environment variable if set). With a key, a plain
             file is refused; False loads a plain file whatever the environment says.
@@ -284,7 +312,10 @@ def load(path: str | os.PathLike, skeleton: nn.Module, key=None) -> nn.Module:
         _check_modules(path, saved, plain)
         state = load_file(path)
     _check_state(path, metadata, saved, state, plain)
-    plain.load_state_dict(state, strict=True)
+    if distributed.is_sharded(plain):
+        distributed.load_full_state_dict(plain, state)  # each rank keeps its shards of the whole file
+    else:
+        plain.load_state_dict(state, strict=True)
     return skeleton
 
 

@@ -2,12 +2,17 @@
 
 Each fenced ```python block is executed on its own, in a fresh namespace, in
 order; a block that needs a GPU must say so in its first line (``# needs: cuda``)
-and is skipped where there is none.
+and is skipped where there is none. A ```python torchrun block is a script for
+``torchrun`` (its first line ``# name.py``): it runs as ``torchrun --standalone
+--nproc-per-node 2``, on CPU processes joined by gloo.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -17,6 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = ("README.md", "TECHNIQUES.md")
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+_TORCHRUN_BLOCK = re.compile(r"^```python torchrun\n(.*?)^```", re.S | re.M)
 
 
 def _examples():
@@ -43,3 +49,27 @@ def test_example_runs(code, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # examples may warn on purpose (e.g. fallbacks)
         exec(compile(code, "<example>", "exec"), {"__name__": "__example__"})
+
+
+def _torchrun_examples():
+    text = (ROOT / "README.md").read_text()
+    for match in _TORCHRUN_BLOCK.finditer(text):
+        name = match.group(1).splitlines()[0].lstrip("# ").strip()
+        yield pytest.param(name, match.group(1), id=name)
+
+
+def test_the_readme_has_torchrun_examples():
+    assert len(list(_torchrun_examples())) >= 3
+
+
+@pytest.mark.parametrize("name, code", list(_torchrun_examples()))
+def test_torchrun_example_runs(name, code, tmp_path):
+    if "import transformers" in code:
+        pytest.importorskip("transformers")
+    script = tmp_path / name
+    script.write_text(code)
+    # --standalone: a local rendezvous on a free port that torchrun picks itself.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, f"{name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"

@@ -89,8 +89,10 @@ class _MaskedWeight(nn.Module):
 
     @torch.no_grad()
     def apply_mask_(self) -> None:
-        """Zero the pruned weights in place."""
-        self.weight.mul_(self.mask)
+        """Zero the pruned weights in place (under FSDP2, this rank's shard by its part of the mask)."""
+        from slimops.distributed import local_part, local_tensor
+
+        local_tensor(self.weight).mul_(local_part(self.mask, self.weight))
 
     @property
     def sparsity(self) -> float:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 
 import torch
 from torch import nn
 
 from slimops.conversion import FilterFn, Unsupported, param_holders, places, swap_modules, tied_elsewhere
+from slimops.distributed import all_finite, is_dtensor, reduce_scores
 from slimops.nn._convertible import _is_hf_conv1d, check_convertible_linear
 from slimops.nn.sparse import BLOCK_SIZES, MaskedConv2d, MaskedLinear, check_linear
 from slimops.prune.channels import (
@@ -48,6 +50,15 @@ class Pruner:
     observed (a GradScaler skips exactly such steps); ``step(scaler)`` also drops the
     steps the scaler skipped for an overflow elsewhere in the model. Gradient-accumulation
     micro-batches add up in ``.grad``, so they count as the one step they are.
+
+    Under ``torch.distributed`` (DDP, FSDP2): every criterion's scores are made the same on
+    every rank before the masks are selected (:func:`slimops.distributed.reduce_scores`:
+    plain scores averaged over the default group with one ``all_reduce``, FSDP2's DTensor
+    scores gathered whole), so every rank holds the same masks. Build the Pruner before
+    wrapping the model (DDP) or sharding it (``fully_shard``); every rank calls
+    :meth:`step` and :meth:`update_masks`, which are then collectives. Under FSDP2 the
+    masks stay whole on every rank, and a sharded weight's gradient is observed when
+    it is a new tensor (``zero_grad(set_to_none=True)``, the default) or was added to.
 
     Args:
         model: the model, changed in place.
@@ -155,6 +166,8 @@ class Pruner:
         # it: the gradient is read from .grad in step(), once the optimizer step (and a
         # GradScaler's unscaling) is done. A set, not the Pruner, so the hooks keep no Pruner alive.
         self._reached: set[str] = set()
+        # fqn -> (weakref to the local gradient shard, its version) last observed, for FSDP2's sharded weights.
+        self._sharded_grads_seen: dict[str, tuple[weakref.ref, int]] = {}
         self._hooks = []
         if self.criterion.needs_grad:
             for fqn, masked in self.layers.items():
@@ -205,8 +218,16 @@ class Pruner:
     def _observe(self, scaler: torch.amp.GradScaler | None = None) -> None:
         """Feed the criterion the ``.grad`` of the weights reached since the last call, or drop them."""
         skipped = _scaler_skipped(scaler)
-        reached = [(fqn, layer.weight) for fqn, layer in self.layers.items() if fqn in self._reached]
+        reached = [
+            (fqn, layer.weight)
+            for fqn, layer in self.layers.items()
+            if fqn in self._reached or self._new_sharded_grad(fqn, layer.weight)
+        ]
         self._reached.clear()
+        for fqn, w in reached:
+            if is_dtensor(w):
+                local = w.grad.to_local()
+                self._sharded_grads_seen[fqn] = (weakref.ref(local), local._version)
         if not reached:
             return
         missing = [fqn for fqn, w in reached if w.grad is None]
@@ -215,14 +236,25 @@ class Pruner:
                 f"Pruner.step(): a backward pass reached the weights of {', '.join(missing)}, but their .grad "
                 "is None now: call pruner.step() after optimizer.step() and before optimizer.zero_grad()"
             )
-        # The step counts only if every gradient is finite; one host sync for all the layers.
-        flags = [torch.isfinite(w.grad).all() for _, w in reached]
-        finite = bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
-        if skipped or not finite:
+        # The step counts only if every gradient is finite (judged alike on every rank); one host sync.
+        if skipped or not all_finite([w.grad for _, w in reached]):
             self.dropped_steps += 1
             return
         for _, w in reached:
             self.criterion.observe_grad(w, w.grad)
+
+    def _new_sharded_grad(self, fqn: str, weight: torch.Tensor) -> bool:
+        """Whether the sharded (FSDP2) ``weight`` holds a gradient not observed yet.
+
+        NOTE: fully_shard replaces the weight Parameters by sharded ones, so the hooks of
+        __init__ never fire for them: a sharded gradient counts as new when it is another
+        tensor than the one last observed (zero_grad frees that one), or was added to since.
+        """
+        if not is_dtensor(weight) or weight.grad is None:
+            return False
+        local = weight.grad.to_local()  # under no_grad: the shard itself, the same object every call
+        seen = self._sharded_grads_seen.get(fqn)
+        return seen is None or seen[0]() is not local or seen[1] != local._version
 
     @torch.no_grad()
     def update_masks(self, sparsity: float) -> None:
@@ -243,7 +275,9 @@ class Pruner:
             hint = f"; {self.dropped_steps} step(s) were dropped for inf or NaN gradients" if self.dropped_steps else ""
             require_observed(self.criterion, {fqn: layer.weight for fqn, layer in self.layers.items()}, hint)
         # Patterns see [out, in]: a Conv1D's weight (and so its scores and mask) is stored [in, out].
-        scores = [layer.out_first(self.criterion.scores(layer.weight)) for layer in layers]
+        # Every rank selects from the same scores, so every rank holds the same masks:
+        # averaged over the ranks (DDP), or gathered whole from the shards (FSDP2).
+        scores = reduce_scores([layer.out_first(self.criterion.scores(layer.weight)) for layer in layers])
         keeps = [layer.out_first(layer.mask) for layer in layers]
         masks = select_masks(scores, keeps, self.pattern, sparsity, self.scope)
         for layer, mask in zip(layers, masks):
@@ -282,6 +316,13 @@ class Pruner:
         layers before them): they are for inference, or further conversion.
         """
         self._check_live()
+        sharded = [fqn for fqn, layer in self.layers.items() if is_dtensor(layer.weight)]
+        if sharded:
+            raise RuntimeError(
+                f"Pruner.finalize(): the weights of {', '.join(sharded)} are sharded (fully_shard); packing "
+                "needs whole weights. Save the trained model with slimops.save (one file), load it into an "
+                "unsharded copy (the model with a Pruner built the same way) and finalize that Pruner"
+            )
         for h in self._hooks:
             h.remove()
         self._hooks = []
