@@ -23,6 +23,7 @@ from torch import nn
 
 from slimops.conversion import Config, FilterFn, convert, register_handler
 from slimops.nn.half_linear import HalfLinear
+from slimops.nn.quantized_conv import Int8DynamicConv2d, Int8StaticConv2d, ObservedConv2d
 from slimops.nn.quantized import (
     Fp8DynamicLinear,
     Int8DynamicLinear,
@@ -203,7 +204,12 @@ class HalfConfig(Config):
 
 @dataclasses.dataclass
 class Int8DynamicConfig(Config):
-    """W8A8 int8: per-channel symmetric weights, per-token dynamic activations (:class:`Int8DynamicLinear`)."""
+    """W8A8 int8: per-channel symmetric weights, dynamic activations.
+
+    ``nn.Linear`` -> :class:`Int8DynamicLinear` (one activation scale per token);
+    ``nn.Conv2d`` (groups = 1) -> :class:`Int8DynamicConv2d` (one per pixel for 1x1, one per image
+    otherwise); depthwise convolutions stay float (the summary's ``skipped`` says why).
+    """
 
 
 @dataclasses.dataclass
@@ -266,6 +272,11 @@ def _int8_dynamic(module: nn.Linear, config: Int8DynamicConfig) -> nn.Module:
     return Int8DynamicLinear.from_float(module)
 
 
+@register_handler(Int8DynamicConfig, nn.Conv2d)
+def _int8_dynamic_conv(module: nn.Conv2d, config: Int8DynamicConfig) -> nn.Module:
+    return Int8DynamicConv2d.from_float(module)
+
+
 @register_handler(Int8WeightOnlyConfig, nn.Linear)
 def _int8_weight_only(module: nn.Linear, config: Int8WeightOnlyConfig) -> nn.Module:
     return Int8WeightOnlyLinear.from_float(module, config.group_size)
@@ -281,6 +292,16 @@ def _observe(module: nn.Linear, config: _PrepareInt8Static) -> nn.Module:
     return ObservedLinear.from_float(module, config.config.observer.fresh())
 
 
+@register_handler(_PrepareInt8Static, nn.Conv2d)
+def _observe_conv(module: nn.Conv2d, config: _PrepareInt8Static) -> nn.Module:
+    return ObservedConv2d.from_float(module, config.config.observer.fresh())
+
+
+@register_handler(Int8StaticConfig, ObservedConv2d)
+def _int8_static_conv(module: ObservedConv2d, config: Int8StaticConfig) -> nn.Module:
+    return Int8StaticConv2d.from_float(module, module.observer.scale())
+
+
 @register_handler(Int8StaticConfig, ObservedLinear)
 def _int8_static(module: ObservedLinear, config: Int8StaticConfig) -> nn.Module:
     # A layer that saw no calibration data is a user error (ValueError), not a layer to skip.
@@ -288,7 +309,8 @@ def _int8_static(module: ObservedLinear, config: Int8StaticConfig) -> nn.Module:
 
 
 def prepare(model: nn.Module, config: Int8StaticConfig, filter_fn: FilterFn | None = None) -> nn.Module:
-    """Swap the selected ``nn.Linear`` layers for :class:`ObservedLinear`, in place, for calibration.
+    """Swap the selected ``nn.Linear`` / ``nn.Conv2d`` layers for :class:`ObservedLinear` /
+    :class:`ObservedConv2d`, in place, for calibration.
 
     Run calibration batches through the model afterwards, then
     ``slimops.convert(model, config)`` to freeze each observed layer into an

@@ -363,7 +363,9 @@ def weight_sparsity(module: nn.Module) -> float | None:
     from slimops.nn import (
         BlockSparseLinear,
         Fp8DynamicLinear,
+        Int8DynamicConv2d,
         Int8DynamicLinear,
+        Int8StaticConv2d,
         Int8StaticLinear,
         Int8WeightOnlyLinear,
         MaskedConv2d,
@@ -382,7 +384,8 @@ def weight_sparsity(module: nn.Module) -> float | None:
         # its non-zeros are exactly those of `values`.
         nonzero = torch.count_nonzero(module.values).item()
         return 1.0 - nonzero / max(module.out_features * module.in_features, 1)
-    if isinstance(module, (Int8DynamicLinear, Int8WeightOnlyLinear, Int8StaticLinear, Fp8DynamicLinear)):
+    quantized = (Int8DynamicLinear, Int8WeightOnlyLinear, Int8StaticLinear, Fp8DynamicLinear)
+    if isinstance(module, (*quantized, Int8DynamicConv2d, Int8StaticConv2d)):
         # A zero of the stored int8 / fp8 weight is a zero of the dequantized one. The fp8 weight is
         # zero-padded to multiples of 16 (the others are not padded): judge only the real [N, K] part.
         q = module.qweight[: module.out_features, : module.in_features]
