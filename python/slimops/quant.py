@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from slimops.conversion import Config, FilterFn, convert, register_handler
-from slimops.nn.half_linear import HalfLinear
+from slimops.nn.half_linear import COMPUTE_MODES, HalfLinear
 from slimops.nn.quantized_conv import Int8DynamicConv2d, Int8StaticConv2d, ObservedConv2d
 from slimops.nn.quantized import (
     Fp8DynamicLinear,
@@ -185,7 +185,12 @@ class PercentileObserver(Observer):
 
 @dataclasses.dataclass
 class HalfConfig(Config):
-    """Run ``nn.Linear`` layers in float16 or bfloat16, weights stored in that dtype.
+    """Store ``nn.Linear`` weights in float16 or bfloat16 (:class:`HalfLinear`).
+
+    The matmul runs in that dtype where the device has native instructions for it (CUDA; a
+    CPU with AVX512-BF16 / AMX for bf16, AMX-FP16 for fp16); on other CPUs, where half
+    arithmetic is emulated and several times slower, it runs in fp32 on the half weights
+    (half the weight memory at about the fp32 speed). ``slimops.report`` notes which, per layer.
 
     Sparse slimops layers it meets become dense :class:`HalfLinear` layers holding their
     zeros (listed in ``slimops_summary.fallbacks``): to keep a sparse layer in half
@@ -193,13 +198,18 @@ class HalfConfig(Config):
 
     Args:
         dtype: ``torch.float16`` or ``torch.bfloat16``.
+        compute: ``"auto"`` (per device, as above), ``"half"`` (always in ``dtype``) or
+            ``"float32"`` (always in fp32).
     """
 
     dtype: torch.dtype = torch.bfloat16
+    compute: str = "auto"
 
     def __post_init__(self):
         if self.dtype not in (torch.float16, torch.bfloat16):
             raise ValueError(f"HalfConfig: dtype must be torch.float16 or torch.bfloat16, got {self.dtype}")
+        if self.compute not in COMPUTE_MODES:
+            raise ValueError(f"HalfConfig: compute must be one of {COMPUTE_MODES}, got {self.compute!r}")
 
 
 @dataclasses.dataclass
@@ -264,7 +274,7 @@ class _PrepareInt8Static(Config):
 
 @register_handler(HalfConfig, nn.Linear)
 def _half_linear(module: nn.Linear, config: HalfConfig) -> nn.Module:
-    return HalfLinear.from_float(module, config.dtype)
+    return HalfLinear.from_float(module, config.dtype, config.compute)
 
 
 @register_handler(Int8DynamicConfig, nn.Linear)

@@ -304,6 +304,10 @@ def report(
                 layer.note = "no module at this fqn in the converted model"
             else:
                 layer.sqnr_db, layer.note = _layer_sqnr(after, calls[name])
+                # A layer that says how it computes (HalfLinear: in half or in fp32) gets it noted.
+                said = getattr(after, "slimops_note", None)
+                if isinstance(said, str):
+                    layer.note = said if layer.note is None else f"{layer.note}; {said}"
             layers.append(layer)
         # The wall clock, as a user waiting on the forward sees it (launch overhead included).
         latency_before, latency_after = _measure.median_seconds(
