@@ -9,8 +9,6 @@ weight memory at about the fp32 speed (bench/results/conv-half-cpu-*.json).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,14 +19,16 @@ from slimops.nn._convertible import check_convertible_linear
 COMPUTE_MODES = ("auto", "half", "float32")
 
 
-@functools.cache
+# Read once, at import: torch.compile cannot trace torch.cpu's probes inside a forward.
+_CPU_NATIVE = {
+    torch.bfloat16: torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported(),
+    torch.float16: torch.cpu._is_amx_fp16_supported(),
+}
+
+
 def cpu_has_native(dtype: torch.dtype) -> bool:
     """Whether this CPU has matmul instructions for ``dtype`` (fp16 / bf16), as oneDNN uses them."""
-    if dtype == torch.bfloat16:
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    if dtype == torch.float16:
-        return torch.cpu._is_amx_fp16_supported()
-    return False
+    return _CPU_NATIVE.get(dtype, False)
 
 
 # fp32 bytes of weight widened per matmul call: the block stays in L2 (1 MB here of 2 MB) while
