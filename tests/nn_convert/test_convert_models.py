@@ -109,6 +109,16 @@ def linear_fqns(model: nn.Module) -> set[str]:
     return {fqn for fqn, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
 
 
+# The configs that also quantize nn.Conv2d (groups = 1): ViT's patch embedding, ResNet's convolutions.
+CONV_CONFIGS = ("int8_dynamic", "int8_static")
+
+
+def converted_fqns(model: nn.Module, config: str) -> set[str]:
+    """What ``config`` converts: every Linear and Conv1D, and the groups=1 Conv2d for the int8 W8A8 configs."""
+    convs = {fqn for fqn, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1}
+    return linear_fqns(model) | (convs if config in CONV_CONFIGS else set())
+
+
 def weight_fqns(model: nn.Module) -> set[str]:
     """Every module holding a >= 2-D float parameter of its own, of any name (what the summary accounts for)."""
     return {
@@ -149,8 +159,8 @@ def convert(model: nn.Module, name: str, x: torch.Tensor) -> nn.Module:
         return slimops.convert(model, config)
 
 
-def layer_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The input each Linear / Conv1D of ``model`` sees in one forward."""
+def layer_inputs(model: nn.Module, x: torch.Tensor, fqns: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """The input each Linear / Conv1D (or each of ``fqns``) of ``model`` sees in one forward."""
     seen: dict[str, torch.Tensor] = {}
 
     def hook(fqn):
@@ -159,7 +169,7 @@ def layer_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
 
         return record
 
-    hooks = [model.get_submodule(fqn).register_forward_hook(hook(fqn)) for fqn in linear_fqns(model)]
+    hooks = [model.get_submodule(fqn).register_forward_hook(hook(fqn)) for fqn in fqns or linear_fqns(model)]
     try:
         logits(model, x)
     finally:
@@ -192,14 +202,16 @@ def test_quantized_model_accuracy_and_coverage(family, config):
     float_model, x = build(family), inputs(family)
     model = convert(copy.deepcopy(float_model), config, x)
     summary = model.slimops_summary
-    # Every Linear and Conv1D (lm_head included) converted; every other weight listed with its reason.
-    assert set(summary.converted) == linear_fqns(float_model)
+    # Every Linear and Conv1D (lm_head included) converted, and the convolutions for int8 W8A8;
+    # every other weight listed with its reason.
+    fqns = converted_fqns(float_model, config)
+    assert set(summary.converted) == fqns
     assert not summary.skipped and not summary.fallbacks
-    assert set(summary.untouched) == weight_fqns(float_model) - linear_fqns(float_model)
+    assert set(summary.untouched) == weight_fqns(float_model) - fqns
     assert all("no handler in" in why for why in summary.untouched.values())
     assert sqnr_db(logits(float_model, x), logits(model, x)) >= min_logits
     with torch.no_grad():
-        for fqn, xi in layer_inputs(float_model, x).items():
+        for fqn, xi in layer_inputs(float_model, x, fqns).items():
             want, got = float_model.get_submodule(fqn)(xi), model.get_submodule(fqn)(xi)
             assert sqnr_db(want, got) >= min_layer, fqn
 
