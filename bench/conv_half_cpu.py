@@ -59,6 +59,14 @@ def weight_mb(model) -> float:
     return round(sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e6, 2)
 
 
+def linear_mb(model) -> float:
+    """Bytes of the weights HalfConfig converts (the linear layers'; embeddings stay fp32)."""
+    from slimops.nn import HalfLinear
+
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, HalfLinear))]
+    return round(sum(m.weight.numel() * m.weight.element_size() for m in layers) / 1e6, 2)
+
+
 def resnet(repeat: int) -> dict:
     from transformers import ResNetConfig, ResNetModel
 
@@ -175,9 +183,9 @@ def bert(repeat: int) -> dict:
     torch.manual_seed(0)
     dense = BertModel(BertConfig()).eval()
     models = {"fp32": dense}
-    for dtype in (torch.bfloat16, torch.float16):
+    for short, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
         for compute in ("half", "float32"):
-            name = f"{str(dtype)[6:]}_{'native' if compute == 'half' else 'fp32_compute'}"
+            name = f"{short}_{'native' if compute == 'half' else 'fp32_compute'}"
             models[name] = slimops.convert(copy.deepcopy(dense), slimops.HalfConfig(dtype, compute=compute))
     ids = torch.randint(0, 30000, (1, 128), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -192,6 +200,7 @@ def bert(repeat: int) -> dict:
         "target_fp32_compute_x_fp32_time": 1.1,
         "sqnr_db_last_hidden_state": acc,
         "mb": {"fp32": weight_mb(dense), "half": weight_mb(models["bf16_native"])},
+        "linear_weight_mb": {"fp32": linear_mb(dense), "half": linear_mb(models["bf16_native"])},
         "auto_bf16_on_this_cpu": auto.encoder.layer[0].attention.self.query.slimops_note,
         "auto_fp16_on_this_cpu": slimops.convert(copy.deepcopy(dense), slimops.HalfConfig(torch.float16))
         .encoder.layer[0].attention.self.query.slimops_note,
@@ -243,10 +252,10 @@ def main() -> None:
             row = SUITES[name](args.repeat)
             out["rows"][f"{name}@{threads}t"] = {"threads": threads, "loadavg_1min_before": round(load, 2), "result": row}
             print(f"{name}@{threads}t", json.dumps(row), flush=True)
-    if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+            if args.json:  # after every row: a failure later keeps what was measured
+                os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+                with open(args.json, "w") as f:
+                    json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":
