@@ -33,11 +33,12 @@ from slimops.nn.quantized import _check_scales, _QuantizedLinear
 # NOTE: measured in bench/conv_half_cpu.py (bench/results/conv-half-cpu-*.json, row "depthwise"):
 # a depthwise convolution has no channel reduction, so it is no GEMM; it is memory bound, and an
 # int8 version must still read the float input to quantize it (quantize_per_token alone costs
-# 0.4-1.5x the fp32 depthwise conv) and write a float output. Built from existing ops (quantize,
-# int8 patches, int32 sums) it ran 10-100x slower than fp32; no int8 depthwise kernel is written.
+# 0.3-0.8x the fp32 depthwise conv at 1 thread) and write a float output. Built from existing ops
+# (quantize, int8 patches, int32 sums) it ran 10-256x slower than fp32; no int8 depthwise kernel is written.
 DEPTHWISE_REASON = (
-    "depthwise convolution: no channel reduction, so no int8 GEMM; memory bound, and quantizing its "
-    "input alone costs about as much as the fp32 conv (bench/results/conv-half-cpu-*.json), so it stays float"
+    "depthwise convolution: no channel reduction, so no int8 GEMM; it is memory bound (quantizing its input "
+    "alone costs 0.3-0.8x the fp32 conv; int8 from existing ops ran 10-256x slower: "
+    "bench/results/conv-half-cpu-*.json), so it stays float"
 )
 
 
