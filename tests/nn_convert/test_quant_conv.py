@@ -323,3 +323,20 @@ def test_transformers_resnet_converts_every_conv():
     with torch.no_grad():
         out, want = model(x).last_hidden_state, ref(x).last_hidden_state
     assert sqnr_db(want, out) > 25
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "dynamic_1x1", "static"])
+def test_input_gradient_is_that_of_the_dequantized_float_conv(kind):
+    kw = dict(stride=2) if kind == "dynamic_1x1" else dict(stride=2, padding=1, dilation=(1, 2))
+    conv = gaussian_conv(5, 7, 1 if kind == "dynamic_1x1" else 3, **kw)
+    m = Int8StaticConv2d.from_float(conv, 0.03) if kind == "static" else Int8DynamicConv2d.from_float(conv)
+    x = torch.randn(2, 5, 9, 11, generator=torch.Generator().manual_seed(7), requires_grad=True)
+    out = m(x)
+    with torch.no_grad():
+        assert torch.equal(out, m(x))  # the gradient path does not change the value
+    dy = torch.randn(out.shape, generator=torch.Generator().manual_seed(8))
+    (gx,) = torch.autograd.grad(out, x, dy)
+    x2 = x.detach().clone().requires_grad_(True)
+    ref = F.conv2d(x2, m.dequantize(), None, conv.stride, conv.padding, conv.dilation)
+    (want,) = torch.autograd.grad(ref, x2, dy)
+    torch.testing.assert_close(gx, want, rtol=1e-5, atol=1e-5)

@@ -17,12 +17,15 @@ The output is ``[N, Cout, Ho, Wo]`` in channels-last memory format (a view of th
 ``[N, Ho, Wo, Cout]`` result), which the next int8 convolution reads without a copy.
 
 Depthwise and other grouped convolutions are not converted (``Unsupported``, with the measured
-reason: see :data:`DEPTHWISE_REASON`). These modules are for inference: they have no gradient.
+reason: see :data:`DEPTHWISE_REASON`). Inputs get a gradient as with the int8 linears
+(straight-through: ``dx`` is that of the float convolution with the dequantized weight); the
+weights are buffers and get none.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import slimops
@@ -146,7 +149,7 @@ class _QuantizedConv2d(_QuantizedLinear):
             )
         if any(self.pad):
             left, right, top, bottom = self.pad
-            q = torch.nn.functional.pad(q, (0, 0, left, right, top, bottom))  # zeros: exactly float 0
+            q = F.pad(q, (0, 0, left, right, top, bottom))  # zeros: exactly float 0
         q = q.contiguous()
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
         sn, sy, sx, _ = q.stride()
@@ -161,6 +164,19 @@ class _QuantizedConv2d(_QuantizedLinear):
         a_scale = image_scale.reshape(n, 1).expand(n, ho * wo).reshape(-1)
         out = slimops.ops.int8_mm(a, self.qweight, a_scale, self.weight_scale, self.bias, dtype)
         return out.reshape(n, ho, wo, self.out_channels).permute(0, 3, 1, 2)
+
+    def _input_grad(self, input: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``out``, differentiable in ``input`` when it needs a gradient (int8_mm has no autograd).
+
+        Straight-through, as the int8 linears: the value is ``out`` exactly (``ref - ref.detach()``
+        is zero), the gradient that of the float convolution with the dequantized weight. The
+        float convolution runs only when a gradient is needed.
+        """
+        if not (torch.is_grad_enabled() and input.requires_grad):
+            return out
+        w = self.dequantize().to(input.dtype)
+        ref = F.conv2d(F.pad(input, self.pad), w, None, self.stride, 0, self.dilation)
+        return out.detach() + (ref - ref.detach())
 
     def extra_repr(self) -> str:
         return (
@@ -191,8 +207,8 @@ class Int8DynamicConv2d(_QuantizedConv2d):
             out = slimops.ops.int8_dynamic_linear(x, self.qweight, self.weight_scale, self.bias)
             return out.permute(0, 3, 1, 2)
         n, h, w, c = x.shape
-        q, scale = slimops.ops.quantize_per_token(x.reshape(n, h * w * c))
-        return self._gemm(q.reshape(n, h, w, c), scale, input.dtype)
+        q, scale = slimops.ops.quantize_per_token(x.detach().reshape(n, h * w * c))
+        return self._input_grad(input, self._gemm(q.reshape(n, h, w, c), scale, input.dtype))
 
 
 class Int8StaticConv2d(_QuantizedConv2d):
@@ -221,13 +237,13 @@ class Int8StaticConv2d(_QuantizedConv2d):
 
     def _linear(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input(input)
-        x = input.permute(0, 2, 3, 1)
+        x = input.detach().permute(0, 2, 3, 1)
         n = x.shape[0]
         bad = ~torch.isfinite(x).reshape(n, -1).all(dim=1)  # [N]
         v = torch.round(x.float() / self.input_scale)  # torch.round: half to even
         q = torch.where(bad.reshape(n, 1, 1, 1), 0.0, v).clamp(-127, 127).to(torch.int8)
         image_scale = torch.where(bad, float("inf"), self.input_scale)
-        return self._gemm(q, image_scale, input.dtype)
+        return self._input_grad(input, self._gemm(q, image_scale, input.dtype))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, input_scale={self.input_scale.item():.6g}"
