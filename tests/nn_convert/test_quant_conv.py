@@ -300,6 +300,15 @@ def test_compile_fullgraph_matches_eager():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+def test_compiled_backward_matches_eager():
+    model = slimops.convert(small_cnn(), slimops.Int8DynamicConfig())
+    x = torch.rand(2, 3, 8, 8, requires_grad=True)
+    model(x).sum().backward()
+    want, x.grad = x.grad.clone(), None
+    torch.compile(model, fullgraph=True)(x).sum().backward()
+    torch.testing.assert_close(x.grad, want, rtol=1e-5, atol=1e-5)
+
+
 def test_module_casts_keep_the_int8_format():
     m = Int8DynamicConv2d.from_float(gaussian_conv(3, 5, 3))
     m.half()

@@ -168,21 +168,44 @@ class _QuantizedConv2d(_QuantizedLinear):
     def _input_grad(self, input: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``out``, differentiable in ``input`` when it needs a gradient (int8_mm has no autograd).
 
-        Straight-through, as the int8 linears: the value is ``out`` exactly (``ref - ref.detach()``
-        is zero), the gradient that of the float convolution with the dequantized weight. The
-        float convolution runs only when a gradient is needed.
+        Straight-through, as the int8 linears: ``dx`` is that of the float convolution with the
+        dequantized weight, built in backward only (the forward pays nothing).
         """
         if not (torch.is_grad_enabled() and input.requires_grad):
             return out
-        w = self.dequantize().to(input.dtype)
-        ref = F.conv2d(F.pad(input, self.pad), w, None, self.stride, 0, self.dilation)
-        return out.detach() + (ref - ref.detach())
+        geometry = (self.pad, self.stride, self.dilation, self.out_channels, self.kernel_size, self.in_channels)
+        return _ConvInputGrad.apply(input, out, self.qweight, self.weight_scale, geometry)
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"padding={self.padding}, dilation={self.dilation}, bias={self.bias is not None}"
         )
+
+
+class _ConvInputGrad(torch.autograd.Function):
+    """Identity on ``out`` (the int8 result); ``dx = conv2d_input(dy, dequantized weight)``."""
+
+    @staticmethod
+    def forward(x, out, qweight, weight_scale, geometry):
+        return out.view_as(out)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, _, qweight, weight_scale, geometry = inputs
+        ctx.save_for_backward(qweight, weight_scale)
+        ctx.x_shape, ctx.x_dtype, ctx.geometry = x.shape, x.dtype, geometry
+
+    @staticmethod
+    def backward(ctx, grad):
+        qweight, weight_scale = ctx.saved_tensors
+        (left, right, top, bottom), stride, dilation, cout, (kh, kw), cin = ctx.geometry
+        w = (qweight.float() * weight_scale.reshape(-1, 1)).reshape(cout, kh, kw, cin).permute(0, 3, 1, 2)
+        n, _, h, wd = ctx.x_shape
+        # The gradient of the zero-padded input, then its interior.
+        padded = (n, cin, h + top + bottom, wd + left + right)
+        g = torch.nn.grad.conv2d_input(padded, w.to(grad.dtype), grad, stride, 0, dilation)
+        return g[:, :, top : top + h, left : left + wd].to(ctx.x_dtype), None, None, None, None
 
 
 class Int8DynamicConv2d(_QuantizedConv2d):
