@@ -39,6 +39,9 @@ install: setup
 cuda-check: setup
 	cmake -S . -B build/cuda-check -DPython3_EXECUTABLE=$(abspath $(VPY))
 	cmake --build build/cuda-check --target cuda_compile_check -j 2
+	@cxx=$$(sed -n 's/^CMAKE_CXX_COMPILER:[A-Z]*=//p' build/cuda-check/CMakeCache.txt); \
+	host=$$(sed -n 's/^CMAKE_CUDA_HOST_COMPILER:[A-Z]*=//p' build/cuda-check/CMakeCache.txt); \
+	if [ "$$cxx" != "$$host" ]; then echo "nvcc host compiler '$$host' is not the C++ compiler '$$cxx' (see CMakeLists.txt)" >&2; exit 1; fi
 
 clean:
 	rm -rf build dist

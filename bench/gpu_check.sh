@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # Everything a lent GPU machine (no network) checks, in one call, in < 8 minutes:
 #   1. build + install slimops with the CUDA kernels for sm_90a only (H100/H200);
-#   2. slimops info;
+#   2. slimops info, bad calls raising (not crashing), the bad-input fuzz on CUDA;
 #   3. pytest -m gpu (junit xml + log);
-#   4. slimops demo --device cuda, shortened (when scikit-learn is installed);
+#   4. the never-slower table (bench/never_slower.py: every slimops layer against the bf16
+#      nn.Linear it replaces; fails on a row below 0.95x);
 #   5. slimops bench --quick --device cuda for the sparse suite (masked / block-sparse / 2:4
-#      linears, never measured on a GPU yet) and the quant suite (W8A8 / W8A16 / fp8 linears
-#      on Llama-7B shapes); SUITES="quant quantize clip" reruns the earlier ones.
+#      linears, never measured on a GPU yet); SUITES="quant quantize clip" reruns the earlier
+#      ones; EXTRAS="demo launch" adds the CUDA demo and the launch-cost table.
 #
 # Usage, from the repository root:  OUT=/some/folder bash bench/gpu_check.sh
 # Writes into $OUT: gpu_check.log (all output), info.json, pytest-gpu.xml,
-# pytest-gpu.log, bench-<suite>.json. A failing step does not stop the later ones;
+# fuzz-cuda.json, never-slower.json, pytest-gpu.log, bench-<suite>.json. A failing step does not stop the later ones;
 # the exit status is non-zero if any step failed (or ran out of its time).
 #
 # Knobs (environment), for a rerun that spends less device time:
 #   BUDGET_S     hard stop for the whole script (default 465 s)
-#   SUITES       bench suites to run, in order (default "sparse quant"; "" runs none)
+#   SUITES       bench suites to run, in order (default "sparse"; "quant quantize clip" reruns the
+#                earlier ones; "" runs none)
+#   EXTRAS       "demo launch" adds the CUDA demo and bench/launch_overhead.py
 #   PYTEST_ARGS  what pytest -m gpu runs (default "tests")
 set -u -o pipefail
 
@@ -25,7 +28,8 @@ cd "$(dirname "$0")/.."
 
 PY=python3
 BUDGET_S=${BUDGET_S:-465}  # hard stop for the whole script, leaving margin under 8 minutes
-SUITES=${SUITES-sparse quant}  # set but empty: no suites
+SUITES=${SUITES-sparse}  # set but empty: no suites
+EXTRAS=${EXTRAS-}  # "demo launch": the demo on CUDA and the launch-cost table (left out by default: time)
 PYTEST_ARGS=${PYTEST_ARGS:-tests}
 FAILED=()
 
@@ -99,29 +103,42 @@ else:
     done
   done
 
+  # 3b. Bad-input fuzz on CUDA: 2,000 broken calls over every op (auto backend), each
+  # in a worker process so a crash is counted; target 0 defects (tests/ops/fuzz_ops.py).
+  step fuzz-cuda 75 $PY -m tests.ops.fuzz_ops --device cuda --cases 2000 --json "$OUT/fuzz-cuda.json"
+
   # 4. GPU tests (pyproject's addopts say -m 'not gpu'; a later -m wins).
   # How _C links the C++ runtime: on the H200 image (/opt/gcc 13.3) formatting a
   # number in an error message crashed inside _C (see bench/results/pytest-gpu-h200-*).
-  step libstdcxx 30 bash -c "so=\$($PY -c 'import slimops._C as m; print(m.__file__)'); readelf -d \$so | grep NEEDED; echo defined basic_ostream symbols: \$(nm -D --defined-only \$so | grep -c basic_ostream)"
+  step libstdcxx 30 bash -c "so=\$($PY -c 'import slimops._C as m; print(m.__file__)'); readelf -d \$so | grep NEEDED; echo defined basic_ostream symbols: \$(nm -D --defined-only \$so | grep -c basic_ostream); echo newest GLIBCXX _C needs: \$(objdump -T \$so | grep -o 'GLIBCXX_[0-9.]*' | sort -uV | tail -n 1); $PY -c 'import slimops._C; print(*sorted({l.split()[-1] for l in open(\"/proc/self/maps\") if \"libstdc++\" in l}), sep=\"\\n\")'"
 
   # Parallel workers share Triton's on-disk cache and spread its compiles over the
   # cores.
   local xdist=""
   $PY -c 'import xdist' 2>/dev/null && xdist="-n 8"
   local suites=($SUITES) i
-  # Leave ~70 s per bench suite and 40 s for the launch-cost step.
-  step pytest-gpu "$(min 200 $(($(left) - 40 - 70 * ${#suites[@]})))" \
+  # Leave ~90 s for the never-slower table and ~60 s per bench suite.
+  step pytest-gpu "$(min 170 $(($(left) - 90 - 60 * ${#suites[@]})))" \
     bash -c "set -o pipefail; $PY -m pytest -m gpu $xdist -ra -p no:cacheprovider --junitxml='$OUT/pytest-gpu.xml' $PYTEST_ARGS 2>&1 | tee '$OUT/pytest-gpu.log'"
 
   # The demo on the GPU (fp16 AMP + GradScaler, Triton int8), a few epochs.
-  if $PY -c 'import sklearn, matplotlib' 2>/dev/null; then
+  if [[ " $EXTRAS " != *" demo "* ]]; then
+    echo "=== [demo-cuda] not run (EXTRAS has no 'demo')"
+  elif $PY -c 'import sklearn, matplotlib' 2>/dev/null; then
     step demo-cuda 60 "${slimops_cmd[@]}" demo --device cuda --epochs 3 --finetune-epochs 3 --out "$OUT/demo"
   else
     echo "=== [demo-cuda] not run: scikit-learn or matplotlib is not installed on this machine"
   fi
 
+  # 4b. The never-slower table: every slimops layer against the bf16 nn.Linear it replaces,
+  # Llama-7B shapes, M = 1 / 16 / 128 / 4096; fails on a row below 0.95x (issue #11).
+  step never-slower "$(min 120 $(($(left) - 3 - 60 * ${#suites[@]})))" \
+    $PY bench/never_slower.py --device cuda --json "$OUT/never-slower.json"
+
   # 5. Host launch cost against GPU time (CUDA graphs) for the decode-sized linears.
-  step launch-overhead "$(min 90 $(($(left) - 3 - 60 * ${#suites[@]})))" $PY bench/launch_overhead.py --json "$OUT/launch-overhead.json"
+  if [[ " $EXTRAS " == *" launch "* ]]; then
+    step launch-overhead "$(min 90 $(($(left) - 3 - 60 * ${#suites[@]})))" $PY bench/launch_overhead.py --json "$OUT/launch-overhead.json"
+  fi
 
   # 6. Quick benchmarks, sharing what time is left. Each JSON is rewritten after
   # every case, so a timeout still leaves the finished rows.

@@ -101,7 +101,9 @@ at::Tensor fp8_dynamic_linear(const at::Tensor& x, const at::Tensor& weight, con
   // every device computes in bf16 and converts to x's dtype afterwards.
   std::optional<at::Tensor> bias_bf16;
   if (bias.has_value()) bias_bf16 = bias->to(at::kBFloat16);
-  at::Tensor out = at::_scaled_mm(q.reshape({-1, k}), weight.contiguous().t(), s.reshape({-1, 1}), weight_scale.reshape({1, n}),
+  at::Tensor out = at::_scaled_mm(q.reshape({-1, k}), weight.contiguous().t(), s.reshape({-1, 1}),
+                                  // _scaled_mm takes only contiguous scales (a strided one: "Invalid scaling configuration")
+                                  weight_scale.contiguous().reshape({1, n}),
                                   bias_bf16, /*scale_result=*/std::nullopt, at::kBFloat16, /*use_fast_accum=*/false);
   return out.to(x.scalar_type()).reshape(linear_out_shape(x, n));
 }

@@ -100,6 +100,38 @@ void validate_block_sparse_pack(const at::Tensor& weight, const std::optional<at
                 " (pad the layer's features to a multiple of the block first)");
 }
 
+namespace {
+
+// Whether t's elements are in host memory here: a real CPU tensor, not the fake
+// (meta-backed) one that torch.compile's shape propagation passes to the checks.
+bool has_host_data(const at::Tensor& t) { return t.is_cpu() && t.has_storage() && t.storage().data() != nullptr; }
+
+// The index arrays come from the caller. On the CPU they are read here, once per
+// call, where that is cheap, so a malformed one is an error rather than an
+// out-of-bounds read; the CPU kernel and the Triton launcher (interpreted) both
+// rely on it. On a GPU, reading them back would cost a device sync on every
+// call (every decode step); the Triton kernel clamps row_ptr to [0, nnz] and
+// skips tiles whose col_idx is out of range instead (kernels/block_sparse.py), so a
+// malformed array cannot read out of bounds there either.
+void check_bsr_indices(const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t nnz, int64_t tile_cols) {
+  const char* op = "block_sparse_linear";
+  const int32_t* rp = row_ptr.const_data_ptr<int32_t>();
+  const int64_t rows = row_ptr.numel() - 1;
+  SLIMOPS_CHECK(rp[0] == 0 && rp[rows] == nnz, op, "row_ptr must start at 0 and end at nnz = ", nnz, ", got ", rp[0],
+                " and ", rp[rows]);
+  for (int64_t r = 0; r < rows; ++r) {
+    SLIMOPS_CHECK(rp[r] <= rp[r + 1], op, "row_ptr must be non-decreasing, got ", rp[r], " then ", rp[r + 1],
+                  " at block row ", r);
+  }
+  const int32_t* ci = col_idx.const_data_ptr<int32_t>();
+  for (int64_t t = 0; t < nnz; ++t) {
+    SLIMOPS_CHECK(ci[t] >= 0 && ci[t] < tile_cols, op, "col_idx[", t, "] = ", ci[t], " is outside [0, ", tile_cols,
+                  ") (K / block_k tile columns)");
+  }
+}
+
+}  // namespace
+
 MatmulGeometry validate_block_sparse_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
                                             const at::Tensor& col_idx, const std::optional<at::Tensor>& bias) {
   const char* op = "block_sparse_linear";
@@ -125,6 +157,9 @@ MatmulGeometry validate_block_sparse_linear(const at::Tensor& x, const at::Tenso
   check_same_device(x, col_idx, op, "x", "col_idx");
   const int64_t n = (row_ptr.size(0) - 1) * values.size(1);
   check_bias(bias, n, x, op);
+  if (has_host_data(row_ptr) && (values.size(0) == 0 || has_host_data(col_idx))) {
+    check_bsr_indices(row_ptr.contiguous(), col_idx.contiguous(), values.size(0), k / values.size(2));
+  }
   return {leading_rows(x), n, k, 1};
 }
 

@@ -352,6 +352,7 @@ def weight_int8_linear(
 
     x2 = x.reshape(m, k)  # [M, K]; a view whenever the leading dims allow one
     s2 = scale.reshape(n, -1)  # [N, G]; a view
+    bias = bias.contiguous() if bias is not None else None  # the kernel reads bias[n] at stride 1
     # K == 0 has no weights to scale: every group size is moot, take the per-channel path.
     grouped = groups > 1 and k > 0
     swap = m <= _SMALL_M

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from slimops import _measure
+from slimops.nn import routing
+from slimops.nn.packed import PackedLinear
 
 EvalFn = Callable[[nn.Module], "float | dict[str, float]"]
 
@@ -304,10 +306,12 @@ def report(
                 layer.note = "no module at this fqn in the converted model"
             else:
                 layer.sqnr_db, layer.note = _layer_sqnr(after, calls[name])
-                # A layer that says how it computes (HalfLinear: in half or in fp32) gets it noted.
+                # Noted: a faster path routing took (slimops.nn.routing), and how a layer that says so
+                # computes (HalfLinear: in half or in fp32).
+                routed = _routed_paths(after, calls[name])
                 said = getattr(after, "slimops_note", None)
-                if isinstance(said, str):
-                    layer.note = said if layer.note is None else f"{layer.note}; {said}"
+                said = said if isinstance(said, str) else None
+                layer.note = "; ".join(filter(None, [layer.note, routed, said])) or None
             layers.append(layer)
         # The wall clock, as a user waiting on the forward sees it (launch overhead included).
         latency_before, latency_after = _measure.median_seconds(
@@ -461,6 +465,19 @@ def _layer_sqnr(module: nn.Module, calls: list[_measure.Call]) -> tuple[float | 
         return None, "empty output: nothing to compare (zero-size inputs?)"
     sqnr = _measure.sqnr_db(signal, noise)
     return sqnr, ("NaN in the outputs" if math.isnan(sqnr) else None)
+
+
+def _routed_paths(module: nn.Module, calls: list[_measure.Call]) -> str | None:
+    """Which faster path (slimops.nn.routing) the layer took on the recorded calls, if not its kernel."""
+    if not isinstance(module, PackedLinear):
+        return None
+    paths = set()
+    for call in calls:
+        x = call.args[0] if call.args else None
+        if isinstance(x, torch.Tensor) and x.dim() >= 1:
+            paths.add(routing.path_for(module.route_name, x.device.type, x.shape[:-1].numel()))
+    paths.discard("kernel")
+    return f"routed to {', '.join(sorted(paths))} (slimops.nn.routing)" if paths else None
 
 
 def _describe_device(device: torch.device) -> str:

@@ -239,6 +239,8 @@ def weight_int8_linear_samples(device, dtype, *, seed):
             w = _int8((33, 64), s + 1, layout="transposed")  # a non-contiguous weight works too
             scale = _scales(66, s + 2, (33, 2)).to(scale_dtype)
             yield Sample(_on(device, x, w, scale, None), f"x [7, 64] {layout}, scale {scale_dtype}")
+            bias = torch.randn(66, generator=gen(s + 3)).to(dtype)[::2]  # found by tests/ops/fuzz_ops.py
+            yield Sample(_on(device, x, w, scale, bias), f"x [7, 64] {layout}, scale {scale_dtype}, strided bias")
 
 
 def _w8a16_weight(w, scale, k):
@@ -461,7 +463,7 @@ def ref_compress(w):
     """(values, meta) from the reference split, packed as the schema says."""
     values, idx = sref.sparse24_split(w)
     shifts = torch.arange(0, 8, 2)
-    meta = (idx.long().reshape(w.shape[0], -1, 4) << shifts).sum(-1).to(torch.uint8)
+    meta = (idx.long().reshape(w.shape[0], w.shape[1] // 8, 4) << shifts).sum(-1).to(torch.uint8)
     return values, meta
 
 

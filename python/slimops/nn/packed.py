@@ -10,12 +10,19 @@ its ``weight`` is a :class:`WeightSpec`: the shape ``[out_features, in_features]
 the dtype the layer computes in, and its device. Any computation with it raises a
 clear error, and it makes ``torch.overrides.has_torch_function`` true, which is how
 PyTorch's fused transformer paths know to call the layer instead of reading it.
+
+The forward takes the path :mod:`slimops.nn.routing` names for the batch's rows and
+device: the layer's own kernel, or a faster one where a committed measurement shows
+the kernel losing to the layer it replaced.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from slimops.nn import routing
 
 # The float dtypes slimops kernels compute in.
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -132,13 +139,26 @@ class PackedLinear(nn.Module):
         """The dtype a float64 input is computed in."""
         return torch.float32
 
+    @property
+    def route_name(self) -> str:
+        """The name :mod:`slimops.nn.routing`'s rules know this layer by."""
+        return type(self).__name__
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.dtype == torch.float64:
-            return self._linear(input.to(self._kernel_dtype())).to(torch.float64)
-        return self._linear(input)
+        x = input.to(self._kernel_dtype()) if input.dtype == torch.float64 else input
+        # The path that is fastest for this many rows on this device (routing.RULES, from measurements).
+        path = routing.path_for(self.route_name, x.device.type, x.shape[:-1].numel())
+        out = self._linear(x) if path == "kernel" else getattr(self, f"_linear_{path}")(x)
+        return out.to(torch.float64) if input.dtype == torch.float64 else out
 
     def _linear(self, input: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def _linear_dequantize(self, input: torch.Tensor) -> torch.Tensor:
+        """The dense GEMM on the weight dequantized into a temporary (freed after the call)."""
+        w = getattr(self, self._dense_method)().to(input.dtype)
+        bias = None if self.bias is None else self.bias[: self.out_features].to(input.dtype)
+        return F.linear(input, w, bias)
 
     def _apply(self, fn, recurse=True):
         keep = {n: self._buffers[n] for n in self._fixed_dtype_buffers if self._buffers.get(n) is not None}

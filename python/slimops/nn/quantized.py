@@ -98,6 +98,10 @@ class Int8DynamicLinear(_QuantizedLinear):
     def _linear(self, input: torch.Tensor) -> torch.Tensor:
         return slimops.ops.int8_dynamic_linear(input, self.qweight, self.weight_scale, self.bias)
 
+    def _linear_w8a16(self, input: torch.Tensor) -> torch.Tensor:
+        """The same int8 weight times the unrounded activation: where routing says W8A8 is slower."""
+        return slimops.ops.weight_int8_linear(input, self.qweight, self.weight_scale, self.bias)
+
 
 class Int8WeightOnlyLinear(_QuantizedLinear):
     """W8A16: int8 weight with a symmetric scale per output channel or per group of
@@ -140,6 +144,10 @@ class Int8WeightOnlyLinear(_QuantizedLinear):
             q, scale = slimops.ops.quantize_per_token(w.reshape(-1, group_size))
             q, scale = q.reshape(n, k), scale.reshape(n, k // group_size)
         return cls(q, _check_scales(scale, "weight"), _float_bias(linear), group_size, w.dtype)
+
+    @property
+    def route_name(self) -> str:
+        return "Int8WeightOnlyLinear" + ("" if self.weight_scale.shape[-1] == 1 else "/grouped")
 
     def dequantize(self) -> torch.Tensor:
         return _int8_dense_weight(self.in_features, self.qweight, self.weight_scale).to(self.compute_dtype)
