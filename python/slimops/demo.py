@@ -13,7 +13,7 @@ classes; 75% train, 25% test, stratified). The stages:
    while a :class:`slimops.distill.Distiller` fine-tunes against the dense model.
 3. **packed**: :meth:`Pruner.finalize` turns each layer into the fastest form its
    mask allows.
-4. **int8**: ``slimops.convert(model, Int8DynamicConfig())`` quantizes the linear layers.
+4. **int8**: ``slimops.convert(model, Int8DynamicConfig())`` quantizes the convolutions and linear layers.
 5. **tune** (with ``--tune N``): :func:`slimops.tune` searches N configurations of the dense
    model (per linear layer: none, int8, fp8 or sparse with recovery by distillation) for the
    Pareto front of accuracy and size (:mod:`slimops.tune.demo`).
@@ -299,7 +299,7 @@ def run(cfg: DemoConfig, console=None) -> list[StageResult]:
     kinds = sorted({form.split(" ")[0] for form in forms.values()})
     stage("packed", dense, model, "packed as " + ", ".join(kinds))
 
-    # 4. int8 weights and per-token int8 activations for the linear layers
+    # 4. int8 weights and dynamic int8 activations for the convolutions and linear layers
     packed = copy.deepcopy(model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -311,7 +311,8 @@ def run(cfg: DemoConfig, console=None) -> list[StageResult]:
     # packed model the per-layer SQNR is the quantization error alone.
     alone = report(packed, model, (x_test[: cfg.batch_size],), repeats=1, warmup=0)
     worst = min(layer.sqnr_db for layer in alone.layers if layer.type_before != layer.type_after)
-    stage("int8", dense, model, f"{len(summary.converted)} linear layer(s) in int8; vs packed: SQNR >= {worst:.1f} dB")
+    kinds = sorted({kind.split(" -> ")[-1] for kind in summary.converted.values()})
+    stage("int8", dense, model, f"{len(summary.converted)} layer(s) in int8 ({', '.join(kinds)}); vs packed: SQNR >= {worst:.1f} dB")
 
     if out is not None:
         slimops.save(model, out / "model-int8.safetensors")

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from slimops.conversion import Config, FilterFn, convert, register_handler
-from slimops.nn.half_linear import HalfLinear
+from slimops.nn.half_linear import COMPUTE_MODES, HalfLinear
+from slimops.nn.quantized_conv import Int8DynamicConv2d, Int8StaticConv2d, ObservedConv2d
 from slimops.nn.quantized import (
     Fp8DynamicLinear,
     Int8DynamicLinear,
@@ -184,7 +185,12 @@ class PercentileObserver(Observer):
 
 @dataclasses.dataclass
 class HalfConfig(Config):
-    """Run ``nn.Linear`` layers in float16 or bfloat16, weights stored in that dtype.
+    """Store ``nn.Linear`` weights in float16 or bfloat16 (:class:`HalfLinear`).
+
+    The matmul runs in that dtype where the device has native instructions for it (CUDA; a
+    CPU with AVX512-BF16 / AMX for bf16, AMX-FP16 for fp16); on other CPUs, where half
+    arithmetic is emulated and several times slower, it runs in fp32 on the half weights
+    (half the weight memory at about the fp32 speed). ``slimops.report`` notes which, per layer.
 
     Sparse slimops layers it meets become dense :class:`HalfLinear` layers holding their
     zeros (listed in ``slimops_summary.fallbacks``): to keep a sparse layer in half
@@ -192,18 +198,28 @@ class HalfConfig(Config):
 
     Args:
         dtype: ``torch.float16`` or ``torch.bfloat16``.
+        compute: ``"auto"`` (per device, as above), ``"half"`` (always in ``dtype``) or
+            ``"float32"`` (always in fp32).
     """
 
     dtype: torch.dtype = torch.bfloat16
+    compute: str = "auto"
 
     def __post_init__(self):
         if self.dtype not in (torch.float16, torch.bfloat16):
             raise ValueError(f"HalfConfig: dtype must be torch.float16 or torch.bfloat16, got {self.dtype}")
+        if self.compute not in COMPUTE_MODES:
+            raise ValueError(f"HalfConfig: compute must be one of {COMPUTE_MODES}, got {self.compute!r}")
 
 
 @dataclasses.dataclass
 class Int8DynamicConfig(Config):
-    """W8A8 int8: per-channel symmetric weights, per-token dynamic activations (:class:`Int8DynamicLinear`)."""
+    """W8A8 int8: per-channel symmetric weights, dynamic activations.
+
+    ``nn.Linear`` -> :class:`Int8DynamicLinear` (one activation scale per token);
+    ``nn.Conv2d`` (groups = 1) -> :class:`Int8DynamicConv2d` (one per pixel for 1x1, one per image
+    otherwise); depthwise convolutions stay float (the summary's ``skipped`` says why).
+    """
 
 
 @dataclasses.dataclass
@@ -258,12 +274,17 @@ class _PrepareInt8Static(Config):
 
 @register_handler(HalfConfig, nn.Linear)
 def _half_linear(module: nn.Linear, config: HalfConfig) -> nn.Module:
-    return HalfLinear.from_float(module, config.dtype)
+    return HalfLinear.from_float(module, config.dtype, config.compute)
 
 
 @register_handler(Int8DynamicConfig, nn.Linear)
 def _int8_dynamic(module: nn.Linear, config: Int8DynamicConfig) -> nn.Module:
     return Int8DynamicLinear.from_float(module)
+
+
+@register_handler(Int8DynamicConfig, nn.Conv2d)
+def _int8_dynamic_conv(module: nn.Conv2d, config: Int8DynamicConfig) -> nn.Module:
+    return Int8DynamicConv2d.from_float(module)
 
 
 @register_handler(Int8WeightOnlyConfig, nn.Linear)
@@ -281,6 +302,16 @@ def _observe(module: nn.Linear, config: _PrepareInt8Static) -> nn.Module:
     return ObservedLinear.from_float(module, config.config.observer.fresh())
 
 
+@register_handler(_PrepareInt8Static, nn.Conv2d)
+def _observe_conv(module: nn.Conv2d, config: _PrepareInt8Static) -> nn.Module:
+    return ObservedConv2d.from_float(module, config.config.observer.fresh())
+
+
+@register_handler(Int8StaticConfig, ObservedConv2d)
+def _int8_static_conv(module: ObservedConv2d, config: Int8StaticConfig) -> nn.Module:
+    return Int8StaticConv2d.from_float(module, module.observer.scale())
+
+
 @register_handler(Int8StaticConfig, ObservedLinear)
 def _int8_static(module: ObservedLinear, config: Int8StaticConfig) -> nn.Module:
     # A layer that saw no calibration data is a user error (ValueError), not a layer to skip.
@@ -288,7 +319,8 @@ def _int8_static(module: ObservedLinear, config: Int8StaticConfig) -> nn.Module:
 
 
 def prepare(model: nn.Module, config: Int8StaticConfig, filter_fn: FilterFn | None = None) -> nn.Module:
-    """Swap the selected ``nn.Linear`` layers for :class:`ObservedLinear`, in place, for calibration.
+    """Swap the selected ``nn.Linear`` / ``nn.Conv2d`` layers for :class:`ObservedLinear` /
+    :class:`ObservedConv2d`, in place, for calibration.
 
     Run calibration batches through the model afterwards, then
     ``slimops.convert(model, config)`` to freeze each observed layer into an

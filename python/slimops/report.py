@@ -306,9 +306,12 @@ def report(
                 layer.note = "no module at this fqn in the converted model"
             else:
                 layer.sqnr_db, layer.note = _layer_sqnr(after, calls[name])
+                # Noted: a faster path routing took (slimops.nn.routing), and how a layer that says so
+                # computes (HalfLinear: in half or in fp32).
                 routed = _routed_paths(after, calls[name])
-                if routed:
-                    layer.note = "; ".join(filter(None, [layer.note, routed]))
+                said = getattr(after, "slimops_note", None)
+                said = said if isinstance(said, str) else None
+                layer.note = "; ".join(filter(None, [layer.note, routed, said])) or None
             layers.append(layer)
         # The wall clock, as a user waiting on the forward sees it (launch overhead included).
         latency_before, latency_after = _measure.median_seconds(
@@ -368,7 +371,9 @@ def weight_sparsity(module: nn.Module) -> float | None:
     from slimops.nn import (
         BlockSparseLinear,
         Fp8DynamicLinear,
+        Int8DynamicConv2d,
         Int8DynamicLinear,
+        Int8StaticConv2d,
         Int8StaticLinear,
         Int8WeightOnlyLinear,
         MaskedConv2d,
@@ -387,7 +392,8 @@ def weight_sparsity(module: nn.Module) -> float | None:
         # its non-zeros are exactly those of `values`.
         nonzero = torch.count_nonzero(module.values).item()
         return 1.0 - nonzero / max(module.out_features * module.in_features, 1)
-    if isinstance(module, (Int8DynamicLinear, Int8WeightOnlyLinear, Int8StaticLinear, Fp8DynamicLinear)):
+    quantized = (Int8DynamicLinear, Int8WeightOnlyLinear, Int8StaticLinear, Fp8DynamicLinear)
+    if isinstance(module, (*quantized, Int8DynamicConv2d, Int8StaticConv2d)):
         # A zero of the stored int8 / fp8 weight is a zero of the dequantized one. The fp8 weight is
         # zero-padded to multiples of 16 (the others are not padded): judge only the real [N, K] part.
         q = module.qweight[: module.out_features, : module.in_features]

@@ -266,13 +266,13 @@ def test_untouched_weights_are_listed_without_noise():
         def __init__(self):
             super().__init__()
             self.embed = nn.Embedding(10, 16)
-            self.conv = nn.Conv2d(3, 16, 3)
+            self.conv = nn.ConvTranspose2d(3, 16, 3)  # (nn.Conv2d has an int8 handler)
             self.norm = nn.LayerNorm(16)
             self.head = nn.Linear(16, 4)
 
     model = Net()
     # Most of the bytes stay float: convert says so, so that nobody takes the model for a quantized one.
-    with pytest.warns(UserWarning, match=r"\d+% of the model's parameter bytes stay as they were.*conv \(Conv2d\)"):
+    with pytest.warns(UserWarning, match=r"\d+% of the model's parameter bytes stay as they were.*conv \(ConvTranspose2d\)"):
         slimops.convert(model, slimops.Int8DynamicConfig())
     counts = {name: sum(p.numel() for p in m.parameters()) for name, m in Net().named_children()}
     want = (counts["embed"] + counts["conv"]) / sum(counts.values())
@@ -285,7 +285,7 @@ def test_untouched_weights_are_listed_without_noise():
     assert big.slimops_summary.untouched_share == 0 and set(big.slimops_summary.untouched) == {"0"}
     assert model.slimops_summary.untouched == {
         "embed": "Embedding: no handler in Int8DynamicConfig",
-        "conv": "Conv2d: no handler in Int8DynamicConfig",
+        "conv": "ConvTranspose2d: no handler in Int8DynamicConfig",
     }
     # MultiheadAttention holds in_proj_weight; its out_proj is skipped (a handler refused it), not untouched.
     model = make_model()

@@ -21,7 +21,9 @@ from slimops.nn import (
     BlockSparseLinear,
     Fp8DynamicLinear,
     HalfLinear,
+    Int8DynamicConv2d,
     Int8DynamicLinear,
+    Int8StaticConv2d,
     Int8StaticLinear,
     Int8WeightOnlyLinear,
     MaskedConv2d,
@@ -66,6 +68,13 @@ def conv_model(seed: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 16))
 
 
+def static_conv(model: nn.Sequential) -> nn.Sequential:
+    config = slimops.Int8StaticConfig()
+    slimops.prepare(model, config)
+    model(torch.randn(4, 3, 8, 8))
+    return slimops.convert(model, config)
+
+
 # name -> (build(seed), input, the slimops class it must contain)
 MODULE_TYPES = {
     **{
@@ -98,6 +107,10 @@ MODULE_TYPES = {
         nn.Linear,  # a dense nn.Linear holding the zeros
     ),
     "masked_conv": (lambda seed: pruned(conv_model(seed)), (2, 3, 8, 8), MaskedConv2d),
+    "int8_dynamic_conv": (
+        lambda seed: CONVERTERS["int8_dynamic"](conv_model(seed)), (2, 3, 8, 8), Int8DynamicConv2d
+    ),
+    "int8_static_conv": (lambda seed: static_conv(conv_model(seed)), (2, 3, 8, 8), Int8StaticConv2d),
 }
 
 
@@ -119,13 +132,13 @@ def test_round_trip_of_every_module_type(kind, tmp_path):
 
 
 def test_the_round_trips_cover_every_converted_module_type():
-    """A new slimops module class must be added to MODULE_TYPES (ObservedLinear is a calibration stage,
+    """A new slimops module class must be added to MODULE_TYPES (ObservedLinear / ObservedConv2d are calibration stages,
     the bases are not used on their own)."""
     import slimops.nn as snn
 
     classes = {c for c in vars(snn).values() if isinstance(c, type) and issubclass(c, nn.Module)}
     bases = {c for c in classes if c.__name__.startswith("_") or c.__name__ == "PackedLinear"}
-    not_converted = {snn.ObservedLinear} | bases
+    not_converted = {snn.ObservedLinear, snn.ObservedConv2d} | bases
     covered = {cls for _, _, cls in MODULE_TYPES.values()}
     assert classes - not_converted <= covered, classes - not_converted - covered
 

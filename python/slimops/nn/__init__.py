@@ -15,17 +15,21 @@ from slimops.nn.quantized import (
     Int8WeightOnlyLinear,
     ObservedLinear,
 )
+from slimops.nn.quantized_conv import Int8DynamicConv2d, Int8StaticConv2d, ObservedConv2d
 from slimops.nn.sparse import BlockSparseLinear, MaskedConv2d, MaskedLinear, Sparse24Linear
 
 __all__ = [
     "BlockSparseLinear",
     "Fp8DynamicLinear",
     "HalfLinear",
+    "Int8DynamicConv2d",
     "Int8DynamicLinear",
+    "Int8StaticConv2d",
     "Int8StaticLinear",
     "Int8WeightOnlyLinear",
     "MaskedConv2d",
     "MaskedLinear",
+    "ObservedConv2d",
     "ObservedLinear",
     "Sparse24Linear",
     "WeightSpec",
