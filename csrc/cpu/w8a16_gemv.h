@@ -30,6 +30,12 @@ constexpr int kMaxRows = 4;
 
 #if SLIMOPS_W8A16_X86
 
+// NOTE: GCC 12's AVX-512 headers start conversions from _mm512_undefined_*(), which
+// -Wall reports as uninitialised once inlined into target("avx512f") functions.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 // ---------------------------------------------------------------- avx512 (zmm, 16 fp32)
 
 #define SLIMOPS_W8A16_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
@@ -217,6 +223,8 @@ inline void linear_block(const float* x, int64_t ldx, int64_t mb, const int8_t* 
     default: break;
   }
 }
+
+#pragma GCC diagnostic pop
 
 #endif  // SLIMOPS_W8A16_X86
 

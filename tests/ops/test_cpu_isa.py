@@ -103,10 +103,10 @@ def test_op_table_samples(isa, name, dtype):
         _check(info, sample, snapshot, sample.args, out)
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 16, 17])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 16, 17, 32, 33, 513])
 @pytest.mark.parametrize("group_size", [None, 5, 8, 16, 64])
 def test_weight_int8_linear_paths(isa, m, group_size):
-    """W8A16 at every M of the in-register kernel and past it, K with a tail (per channel) and
+    """W8A16 at every M of the in-register kernels and past their limits (32 ymm, 512 zmm), K with a tail (per channel) and
     group sizes that the vector kernels take (8, 16, 64) or send to dequantize + mm (5)."""
     k = 320 if group_size else 333
     n = 37
