@@ -1,6 +1,6 @@
 """int8 linear layers and whole models on CPU, against fp32 and torch.ao's dynamic int8.
 
-One command reruns it all (about 10 minutes on 2 cores)::
+One command reruns it all (about 15 minutes on a busy 2-core machine)::
 
     slimops bench --suite cpu --device cpu --json bench/results/cpu-$(date +%F).json
 
@@ -9,11 +9,11 @@ Cases (each at threads=1 and threads=2, set by the case):
 * ``linear``: one ``nn.Linear`` (K -> N) in {768 -> 3072 (BERT-base MLP),
   4096 -> 4096, 4096 -> 11008 (Llama-7B)} on x ``[M, K]`` fp32, M in {1, 16, 128};
 * ``gpt2``: GPT-2 124M (``transformers.GPT2Config()``, random weights), batch 1 x
-  128 tokens, as Hugging Face builds it (attention and MLP in ``Conv1D``, which
+  64 tokens, as Hugging Face builds it (attention and MLP in ``Conv1D``, which
   torch.ao skips: it converts only the tied ``lm_head``), and ``gpt2(conv1d->linear)``
   with every ``Conv1D`` swapped for the equal ``nn.Linear`` first, so that both
   quantizers convert the same layers;
-* ``bert``: a BERT-base-size encoder (``BertConfig()``, random weights), 1 x 128.
+* ``bert``: a BERT-base-size encoder (``BertConfig()``, random weights), 1 x 64.
 
 Providers, timed round-robin (``Suite.rounds``) so that a busy machine slows them alike:
 ``torch-fp32`` (the float model: the baseline), ``torch-ao-dynamic``
@@ -36,7 +36,7 @@ from slimops.bench.harness import Case, Provider, Suite, Unavailable
 LINEAR_SHAPES = ((768, 3072), (4096, 4096), (4096, 11008))  # (K, N)
 TOKENS = (1, 16, 128)
 THREADS = (1, 2)
-SEQ = 128
+SEQ = 64
 
 
 def _threads(t: int) -> None:
@@ -189,5 +189,5 @@ SUITE = Suite(
     cases=cases,
     providers=PROVIDERS,
     baseline="torch-fp32",
-    rounds=5,
+    rounds=3,
 )
