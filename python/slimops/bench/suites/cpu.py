@@ -20,7 +20,8 @@ Providers, timed round-robin (``Suite.rounds``) so that a busy machine slows the
 (``torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, qint8)``: fbgemm / x86),
 ``slimops-w8a8`` (``Int8DynamicConfig``), ``slimops-w8a16`` (``Int8WeightOnlyConfig()``)
 and ``slimops-w8a16-g128`` (group_size 128, linear cases). Each quantized row carries
-``extra.sqnr_db``: the SQNR of its output against the float model's, in dB.
+``extra.sqnr_db``: the SQNR of its output against the float model's, in dB; slimops
+rows also carry ``extra.isa``, the int8 kernels' ISA (``slimops info``).
 """
 
 from __future__ import annotations
@@ -137,6 +138,10 @@ def _provider(convert):
             with torch.inference_mode():
                 ref = _output(model(x))
             fn.extra = {"sqnr_db": round(_sqnr_db(ref, _output(fn())), 2)}
+            if getattr(convert, "slimops", False):
+                from slimops import info
+
+                fn.extra["isa"] = info.cpu_int8_kernels()["isa"]  # SLIMOPS_CPU_ISA or the best here
         return fn
 
     return prepare
@@ -163,6 +168,7 @@ def _slimops(config_name: str, **kwargs):
             raise Unavailable(_build.missing_backends()["cpu"])
         return slimops.convert(model, getattr(slimops, config_name)(**kwargs))
 
+    convert.slimops = True
     return convert
 
 
@@ -172,6 +178,7 @@ def _linear_only(convert):
             raise Unavailable("linear cases only")
         return convert(model, case)
 
+    run.slimops = True
     return run
 
 
