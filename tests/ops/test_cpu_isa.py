@@ -103,7 +103,7 @@ def test_op_table_samples(isa, name, dtype):
         _check(info, sample, snapshot, sample.args, out)
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 8, 16, 17, 32, 33, 513])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8, 15, 16, 17, 32, 33, 513])
 @pytest.mark.parametrize("group_size", [None, 5, 8, 16, 64])
 def test_weight_int8_linear_paths(isa, m, group_size):
     """W8A16 at every M of the in-register kernels and past their limits (32 ymm, 512 zmm), K with a tail (per channel) and
