@@ -71,7 +71,7 @@ def test_cli_without_command_fails(capsys):
     with pytest.raises(SystemExit) as e:
         main([])
     assert e.value.code != 0
-    assert "{demo,info,bench" in capsys.readouterr().err  # usage lists the commands
+    assert "{demo,tune,info,bench" in capsys.readouterr().err  # usage lists the commands
 
 
 @pytest.mark.parametrize("capability, runs", [((9, 0), True), ((8, 0), False)])
