@@ -22,6 +22,8 @@
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/_int_mm.h>
+#include <ATen/Context.h>
 #include <ATen/ops/add.h>
 #include <c10/util/Float8_e4m3fn.h>
 #include <torch/library.h>
@@ -46,6 +48,21 @@ namespace {
 
 // Weight rows dequantized per GEMM call: 64 x K fp32 is ~2.8 MB at K = 11008.
 constexpr int64_t kDequantRows = 64;
+
+// int8_mm from this many rows of a on a VNNI CPU: oneDNN's int8 GEMM (torch._int_mm: also
+// vpdpbusd, also the exact int32 dot, packed panels) beats the register-blocked kernel here,
+// which wins below. 1 thread, AMD EPYC Zen 5 (avx512vnni), 2026-12-02, int8_mm / _int_mm +
+// epilogue time: M = 3136 x K 576 x N 64: 2.2x, M = 784 x 1152 x 128: 1.75x, 256 x 768 x 768:
+// 1.45x, 1024 x 768 x 3072: 1.5x; at M = 196 0.93-1.43x, at M = 49-64 0.73-1.12x (slower).
+constexpr int64_t kOnednnMinRows = 256;
+// torch 2.13's CPU _int_mm is wrong for K = 1 (found checking it against int64 matmul); every
+// K from 2 up was exact. Small K is cheap for the kernel above anyway.
+constexpr int64_t kOnednnMinK = 16;
+
+bool use_onednn_int8(CpuIsa isa, int64_t m, int64_t k) {
+  return (isa == CpuIsa::kAvx512Vnni || isa == CpuIsa::kAvxVnni) && m >= kOnednnMinRows && k >= kOnednnMinK &&
+         at::hasMKLDNN();
+}
 // Largest M that weight_int8_linear runs on the in-register kernel (w8a16_gemv.h); above
 // it, dequantize + ATen's fp32 mm. Measured on an AMD EPYC (Zen 5), 1 thread, 768 -> 3072,
 // medians of 10, 2026-12-02, in-register vs fp32 F.linear: zmm 2.5x at M = 32, 1.8-3.4x at
@@ -245,6 +262,9 @@ std::vector<std::pair<std::string, std::string>> cpu_int8_kernels() {
     case CpuIsa::kAvx2: w8a16 = small + "avx2 int8->fp32 in registers + FMA ymm; larger: " + large; break;
     default: w8a16 = large + " (every M)";
   }
+  if (use_onednn_int8(isa, kOnednnMinRows, kOnednnMinK)) {
+    mm += "; M >= " + std::to_string(kOnednnMinRows) + ": oneDNN int8 GEMM (torch._int_mm, exact int32) + the same epilogue";
+  }
   return {{"isa", cpu_isa_name(isa)},
           {"best_isa", cpu_isa_name(best_cpu_isa())},
           {"int8_mm", mm},
@@ -261,6 +281,15 @@ at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tenso
   const at::Tensor as = float_vector(a_scale), bs = float_vector(b_scale);
   const at::Tensor bias_f = bias.has_value() ? float_vector(*bias) : at::Tensor();
   const float* bias_ptr = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  if (use_onednn_int8(chosen_cpu_isa(), g.m, g.k)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    // The exact int32 dot, then the kernel's epilogue in the same order and precision:
+    // (acc * a_scale) * b_scale + bias in fp32, rounded once to out_dtype.
+    at::Tensor acc = at::_int_mm(A, B.t()).to(at::kFloat);
+    acc.mul_(as.view({g.m, 1})).mul_(bs.view({1, g.n}));
+    if (bias_f.defined()) acc.add_(bias_f.view({1, g.n}));
+    return out.copy_(acc);
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "slimops.int8_mm", [&] {
     int8_mm_kernel<scalar_t>(A, B, as.data_ptr<float>(), bs.data_ptr<float>(), bias_ptr, out);
   });
