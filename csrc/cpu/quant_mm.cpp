@@ -136,6 +136,20 @@ Int8Tiling int8_tiling(int64_t M, int64_t N, int64_t K) {
   return {tm, tn, (M + tm - 1) / tm, (N + tn - 1) / tn};
 }
 
+// One output row: out[j] = (float(acc[j]) * sa) * b_scale[j] + bias[j] in fp32, rounded once to
+// out_t. Same order as the GPU epilogue. Two loops, so that each vectorises (fp32 output)
+// without a branch inside.
+template <typename out_t>
+inline void epilogue_row(const int32_t* ci, float sa, const float* bs, const float* bi, out_t* oi, int64_t nb) {
+  if (bi != nullptr) {
+#pragma omp simd
+    for (int64_t j = 0; j < nb; ++j) oi[j] = static_cast<out_t>(static_cast<float>(ci[j]) * sa * bs[j] + bi[j]);
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < nb; ++j) oi[j] = static_cast<out_t>(static_cast<float>(ci[j]) * sa * bs[j]);
+  }
+}
+
 // out[m, n] = (float(acc[m, n]) * a_scale[m]) * b_scale[n] + bias[n], acc the exact int32 dot.
 template <typename out_t>
 void int8_mm_kernel(const at::Tensor& a, const at::Tensor& b, const float* a_scale, const float* b_scale,
@@ -199,20 +213,8 @@ void int8_mm_kernel(const at::Tensor& a, const at::Tensor& b, const float* a_sca
           int8_gemm::dot_block(isa == CpuIsa::kAvx2, A16 + m0 * kp, kp, Bp, K, K, mb, nb, acc.data(), tn);
       }
       for (int64_t i = 0; i < mb; ++i) {
-        const int32_t* ci = acc.data() + i * tn;
-        const float sa = a_scale[m0 + i];
-        out_t* oi = O + (m0 + i) * N + n0;
-        const float* bs = b_scale + n0;
-        // Same order as the GPU epilogue: (acc * a_scale) * b_scale + bias, in fp32.
-        // Two loops, so that each vectorises (fp32 output) without a branch inside.
-        if (bias != nullptr) {
-          const float* bi = bias + n0;
-#pragma omp simd
-          for (int64_t j = 0; j < nb; ++j) oi[j] = static_cast<out_t>(static_cast<float>(ci[j]) * sa * bs[j] + bi[j]);
-        } else {
-#pragma omp simd
-          for (int64_t j = 0; j < nb; ++j) oi[j] = static_cast<out_t>(static_cast<float>(ci[j]) * sa * bs[j]);
-        }
+        epilogue_row(acc.data() + i * tn, a_scale[m0 + i], b_scale + n0, bias == nullptr ? nullptr : bias + n0,
+                     O + (m0 + i) * N + n0, nb);
       }
     }
   });
@@ -283,12 +285,18 @@ at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tenso
   const float* bias_ptr = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
   if (use_onednn_int8(chosen_cpu_isa(), g.m, g.k)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    // The exact int32 dot, then the kernel's epilogue in the same order and precision:
-    // (acc * a_scale) * b_scale + bias in fp32, rounded once to out_dtype.
-    at::Tensor acc = at::_int_mm(A, B.t()).to(at::kFloat);
-    acc.mul_(as.view({g.m, 1})).mul_(bs.view({1, g.n}));
-    if (bias_f.defined()) acc.add_(bias_f.view({1, g.n}));
-    return out.copy_(acc);
+    // The exact int32 dot, then the kernel's own epilogue, one pass over it.
+    const at::Tensor acc = at::_int_mm(A, B.t()).contiguous();
+    const int32_t* accp = acc.data_ptr<int32_t>();
+    const float* asp = as.data_ptr<float>();
+    const float* bsp = bs.data_ptr<float>();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "slimops.int8_mm", [&] {
+      scalar_t* o = out.data_ptr<scalar_t>();
+      at::parallel_for(0, g.m, std::max<int64_t>(1, 16384 / g.n), [&](int64_t m0, int64_t m1) {
+        for (int64_t m = m0; m < m1; ++m) epilogue_row(accp + m * g.n, asp[m], bsp, bias_ptr, o + m * g.n, g.n);
+      });
+    });
+    return out;
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "slimops.int8_mm", [&] {
     int8_mm_kernel<scalar_t>(A, B, as.data_ptr<float>(), bs.data_ptr<float>(), bias_ptr, out);
