@@ -22,6 +22,8 @@
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/_int_mm.h>
+#include <ATen/Context.h>
 #include <ATen/ops/add.h>
 #include <c10/util/Float8_e4m3fn.h>
 #include <torch/library.h>
@@ -46,6 +48,21 @@ namespace {
 
 // Weight rows dequantized per GEMM call: 64 x K fp32 is ~2.8 MB at K = 11008.
 constexpr int64_t kDequantRows = 64;
+
+// int8_mm from this many rows of a on a VNNI CPU: oneDNN's int8 GEMM (torch._int_mm: also
+// vpdpbusd, also the exact int32 dot, packed panels) beats the register-blocked kernel here,
+// which wins below. 1 thread, AMD EPYC Zen 5 (avx512vnni), 2026-12-02, int8_mm / _int_mm +
+// epilogue time: M = 3136 x K 576 x N 64: 2.2x, M = 784 x 1152 x 128: 1.75x, 256 x 768 x 768:
+// 1.45x, 1024 x 768 x 3072: 1.5x; at M = 196 0.93-1.43x, at M = 49-64 0.73-1.12x (slower).
+constexpr int64_t kOnednnMinRows = 256;
+// torch 2.13's CPU _int_mm is wrong for K = 1 (found checking it against int64 matmul); every
+// K from 2 up was exact. Small K is cheap for the kernel above anyway.
+constexpr int64_t kOnednnMinK = 16;
+
+bool use_onednn_int8(CpuIsa isa, int64_t m, int64_t k) {
+  return (isa == CpuIsa::kAvx512Vnni || isa == CpuIsa::kAvxVnni) && m >= kOnednnMinRows && k >= kOnednnMinK &&
+         at::hasMKLDNN();
+}
 // Largest M that weight_int8_linear runs on the in-register kernel (w8a16_gemv.h); above
 // it, dequantize + ATen's fp32 mm. Measured on an AMD EPYC (Zen 5), 1 thread, 768 -> 3072,
 // medians of 10, 2026-12-02, in-register vs fp32 F.linear: zmm 2.5x at M = 32, 1.8-3.4x at
@@ -119,6 +136,20 @@ Int8Tiling int8_tiling(int64_t M, int64_t N, int64_t K) {
   return {tm, tn, (M + tm - 1) / tm, (N + tn - 1) / tn};
 }
 
+// One output row: out[j] = (float(acc[j]) * sa) * b_scale[j] + bias[j] in fp32, rounded once to
+// out_t. Same order as the GPU epilogue. Two loops, so that each vectorises (fp32 output)
+// without a branch inside.
+template <typename out_t>
+inline void epilogue_row(const int32_t* ci, float sa, const float* bs, const float* bi, out_t* oi, int64_t nb) {
+  if (bi != nullptr) {
+#pragma omp simd
+    for (int64_t j = 0; j < nb; ++j) oi[j] = static_cast<out_t>(static_cast<float>(ci[j]) * sa * bs[j] + bi[j]);
+  } else {
+#pragma omp simd
+    for (int64_t j = 0; j < nb; ++j) oi[j] = static_cast<out_t>(static_cast<float>(ci[j]) * sa * bs[j]);
+  }
+}
+
 // out[m, n] = (float(acc[m, n]) * a_scale[m]) * b_scale[n] + bias[n], acc the exact int32 dot.
 template <typename out_t>
 void int8_mm_kernel(const at::Tensor& a, const at::Tensor& b, const float* a_scale, const float* b_scale,
@@ -182,20 +213,8 @@ void int8_mm_kernel(const at::Tensor& a, const at::Tensor& b, const float* a_sca
           int8_gemm::dot_block(isa == CpuIsa::kAvx2, A16 + m0 * kp, kp, Bp, K, K, mb, nb, acc.data(), tn);
       }
       for (int64_t i = 0; i < mb; ++i) {
-        const int32_t* ci = acc.data() + i * tn;
-        const float sa = a_scale[m0 + i];
-        out_t* oi = O + (m0 + i) * N + n0;
-        const float* bs = b_scale + n0;
-        // Same order as the GPU epilogue: (acc * a_scale) * b_scale + bias, in fp32.
-        // Two loops, so that each vectorises (fp32 output) without a branch inside.
-        if (bias != nullptr) {
-          const float* bi = bias + n0;
-#pragma omp simd
-          for (int64_t j = 0; j < nb; ++j) oi[j] = static_cast<out_t>(static_cast<float>(ci[j]) * sa * bs[j] + bi[j]);
-        } else {
-#pragma omp simd
-          for (int64_t j = 0; j < nb; ++j) oi[j] = static_cast<out_t>(static_cast<float>(ci[j]) * sa * bs[j]);
-        }
+        epilogue_row(acc.data() + i * tn, a_scale[m0 + i], b_scale + n0, bias == nullptr ? nullptr : bias + n0,
+                     O + (m0 + i) * N + n0, nb);
       }
     }
   });
@@ -245,6 +264,9 @@ std::vector<std::pair<std::string, std::string>> cpu_int8_kernels() {
     case CpuIsa::kAvx2: w8a16 = small + "avx2 int8->fp32 in registers + FMA ymm; larger: " + large; break;
     default: w8a16 = large + " (every M)";
   }
+  if (use_onednn_int8(isa, kOnednnMinRows, kOnednnMinK)) {
+    mm += "; M >= " + std::to_string(kOnednnMinRows) + ": oneDNN int8 GEMM (torch._int_mm, exact int32) + the same epilogue";
+  }
   return {{"isa", cpu_isa_name(isa)},
           {"best_isa", cpu_isa_name(best_cpu_isa())},
           {"int8_mm", mm},
@@ -261,6 +283,21 @@ at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tenso
   const at::Tensor as = float_vector(a_scale), bs = float_vector(b_scale);
   const at::Tensor bias_f = bias.has_value() ? float_vector(*bias) : at::Tensor();
   const float* bias_ptr = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  if (use_onednn_int8(chosen_cpu_isa(), g.m, g.k)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    // The exact int32 dot, then the kernel's own epilogue, one pass over it.
+    const at::Tensor acc = at::_int_mm(A, B.t()).contiguous();
+    const int32_t* accp = acc.data_ptr<int32_t>();
+    const float* asp = as.data_ptr<float>();
+    const float* bsp = bs.data_ptr<float>();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "slimops.int8_mm", [&] {
+      scalar_t* o = out.data_ptr<scalar_t>();
+      at::parallel_for(0, g.m, std::max<int64_t>(1, 16384 / g.n), [&](int64_t m0, int64_t m1) {
+        for (int64_t m = m0; m < m1; ++m) epilogue_row(accp + m * g.n, asp[m], bsp, bias_ptr, o + m * g.n, g.n);
+      });
+    });
+    return out;
+  }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "slimops.int8_mm", [&] {
     int8_mm_kernel<scalar_t>(A, B, as.data_ptr<float>(), bs.data_ptr<float>(), bias_ptr, out);
   });

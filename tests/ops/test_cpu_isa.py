@@ -79,6 +79,30 @@ def test_int8_mm_exact_large_and_strided(isa):
     assert torch.equal(out, _exact_mm(a_strided, b_t))
 
 
+@pytest.mark.parametrize("m,k,n", [(255, 64, 33), (256, 16, 5), (256, 15, 7), (300, 17, 5), (513, 769, 123),
+                                   (1024, 576, 64)])
+def test_int8_mm_large_m_exact(isa, m, k, n):
+    """From M = 256 with K >= 16, VNNI CPUs run oneDNN's int8 GEMM (torch._int_mm) then the same
+    epilogue: the exact integer product, and outputs equal to the register-blocked kernel's, bit
+    for bit, in every output dtype (scales, bias)."""
+    a, b = _full_range((m, k), seed=m + k), _full_range((n, k), seed=n + k)
+    out = slimops.ops.int8_mm(a, b, torch.ones(m), torch.ones(n), None, torch.float32)
+    assert torch.equal(out, _exact_mm(a, b)), f"{isa} M={m} N={n} K={k}"
+    a_scale = torch.rand(m, 1, generator=gen(1)) * 0.01 + 1e-3
+    b_scale = torch.rand(n, generator=gen(2)) * 0.01 + 1e-3
+    bias = torch.randn(n, generator=gen(3))
+    for out_dtype in (torch.float32, torch.float16, torch.bfloat16):
+        got = slimops.ops.int8_mm(a, b, a_scale, b_scale, bias, out_dtype)
+        want = ((_exact_mm(a, b) * a_scale) * b_scale + bias).to(out_dtype)  # the documented fp32 order
+        assert torch.equal(got, want), f"{isa} {out_dtype} M={m} N={n} K={k}"
+
+
+def test_info_names_the_large_m_path():
+    kernels = dict(slimops._C._cpu_int8_kernels())
+    vnni = kernels["isa"] in ("avx512vnni", "avxvnni") and torch.backends.mkldnn.is_available()
+    assert ("oneDNN" in kernels["int8_mm"]) == vnni
+
+
 @pytest.mark.parametrize("a_val,b_val", [(-128, -128), (-128, 127), (127, -128), (-128, 1)])
 def test_int8_mm_int32_limit(isa, a_val, b_val):
     """K = 131071: the VNNI lanes' biased sums pass 2^31 and wrap; the unbiased result is exact."""
