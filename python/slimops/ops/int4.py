@@ -55,9 +55,9 @@ def _int4_dense_weight(group_size: int):
         n = qweight.shape[0]
         b = qweight.reshape(n, -1, 16)
         q = torch.stack((b & 0x0F, b >> 4), dim=2).reshape(n, -1)[:, :k].float()
-        s = scale.float().repeat_interleave(group_size, dim=1)[:, :k]
-        z = 8.0 if zero_point is None else zero_point.float().repeat_interleave(group_size, dim=1)[:, :k]
-        return (q - z) * s
+        group = torch.arange(k, device=qweight.device) // group_size
+        z = 8.0 if zero_point is None else zero_point.float()[:, group]
+        return (q - z) * scale.float()[:, group]
 
     return dense
 

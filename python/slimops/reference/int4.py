@@ -50,9 +50,9 @@ def dequantize_int4(
 ) -> torch.Tensor:
     """float64 ``[N, K]``: ``(q - z) * s`` per group (``z = 8`` when ``zero_point`` is None)."""
     q = unpack_int4(qweight, k).double()
-    s = scale.double().repeat_interleave(group_size, dim=1)[:, :k]
-    z = 8.0 if zero_point is None else zero_point.double().repeat_interleave(group_size, dim=1)[:, :k]
-    return (q - z) * s
+    group = torch.arange(k, device=qweight.device) // group_size  # the group of every input
+    z = 8.0 if zero_point is None else zero_point.double()[:, group]
+    return (q - z) * scale.double()[:, group]
 
 
 def weight_int4_linear(
