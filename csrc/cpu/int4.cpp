@@ -95,6 +95,10 @@ void scaled_dots_generic(const Problem& p, int64_t m0, int64_t mr, int64_t n0, i
 #define SLIMOPS_INT4_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 #define SLIMOPS_INT4_AVX2 __attribute__((target("avx2,fma")))
 
+// NOTE: the hardware prefetcher alone left the M = 1 loop at ~7 GB/s of weights (fp32's GEMV streams
+// ~19 GB/s on the same core): each weight row is its own stream, so fetch ahead explicitly.
+constexpr int64_t kPrefetchBytes = 512;
+
 SLIMOPS_INT4_AVX512 inline float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
 
 // As scaled_dots_generic for MR rows of x and NR weight rows. Per chunk, 16 bytes of each
@@ -116,6 +120,7 @@ SLIMOPS_INT4_AVX512 void scaled_dots_avx512(const Problem& p, int64_t m0, int64_
       __m512 lo[NR], hi[NR];
 #pragma GCC unroll 4
       for (int j = 0; j < NR; ++j) {
+        _mm_prefetch(reinterpret_cast<const char*>(p.q + (n0 + j) * p.bytes + c / 2 + kPrefetchBytes), _MM_HINT_T0);
         const __m512i b = _mm512_cvtepu8_epi32(
             _mm_loadu_si128(reinterpret_cast<const __m128i*>(p.q + (n0 + j) * p.bytes + c / 2)));
         lo[j] = _mm512_cvtepi32_ps(_mm512_and_si512(b, mask));
@@ -165,6 +170,8 @@ SLIMOPS_INT4_AVX2 void scaled_dots_avx2(const Problem& p, int64_t m0, int64_t n0
         __m256 lo[NR], hi[NR];
 #pragma GCC unroll 4
         for (int j = 0; j < NR; ++j) {
+          if (h == 0)
+            _mm_prefetch(reinterpret_cast<const char*>(p.q + (n0 + j) * p.bytes + c / 2 + kPrefetchBytes), _MM_HINT_T0);
           const __m256i b = _mm256_cvtepu8_epi32(
               _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p.q + (n0 + j) * p.bytes + c / 2 + h)));
           lo[j] = _mm256_cvtepi32_ps(_mm256_and_si256(b, mask));
