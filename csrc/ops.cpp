@@ -405,6 +405,8 @@ PYBIND11_MODULE(_C, m) {
         if (on_cpu.has_value()) slimops::set_triton_on_cpu(*on_cpu);
       },
       pybind11::arg("impls"), pybind11::arg("on_cpu") = pybind11::none());
+  // The int8 CPU kernels each op runs now (SLIMOPS_CPU_ISA or the best ISA), as [(key, text)].
+  m.def("_cpu_int8_kernels", &slimops::cpu_int8_kernels);
   m.def("_choose", [](const std::string& op, int64_t size, bool have_cuda) {
     return static_cast<int>(slimops::choose(slimops::op_backend(op), size, have_cuda));
   });

@@ -10,7 +10,10 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <string>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "checks.h"
 
@@ -53,6 +56,9 @@ at::Tensor int8_mm_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tenso
 at::Tensor weight_int8_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                                   const std::optional<at::Tensor>& bias);
 std::tuple<at::Tensor, at::Tensor> quantize_fp8_per_row_cpu(const at::Tensor& x);
+// What the int8 CPU kernels run for this call's ISA (csrc/cpu/cpu_isa.h): {"isa", "best_isa",
+// then one entry per op naming its kernel}, for `slimops info` and the bench rows.
+std::vector<std::pair<std::string, std::string>> cpu_int8_kernels();
 
 // ---------------------------------------------------------------- CUDA
 #ifdef SLIMOPS_WITH_CUDA

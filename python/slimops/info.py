@@ -69,7 +69,16 @@ def _cpu_info() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "usable_cores": usable,
         "torch_threads": torch.get_num_threads(),
+        "int8_kernels": cpu_int8_kernels(),
     }
+
+
+def cpu_int8_kernels() -> dict[str, str] | None:
+    """The ISA the int8 CPU kernels use now (``SLIMOPS_CPU_ISA`` or the best this CPU runs),
+    the best one, and per op the kernel it runs; None without the compiled extension."""
+    if not _build.HAS_C:
+        return None
+    return dict(_build._C._cpu_int8_kernels())
 
 
 def _arch_runs_on(arch: str, major: int, minor: int) -> bool:
@@ -212,7 +221,9 @@ def print_info(info: dict[str, Any] | None = None, console=None) -> None:
         "",
         kv_table("gpu", gpu) if gpu else "[bold]gpu[/]: none visible",
         "",
-        kv_table("cpu", info["cpu"]),
+        kv_table("cpu", {k: v for k, v in info["cpu"].items() if k != "int8_kernels"}),
+        "",
+        kv_table("cpu int8 kernels (SLIMOPS_CPU_ISA forces one)", info["cpu"].get("int8_kernels") or {}),
     ]
     for w in info["warnings"]:
         parts += ["", f"[yellow]warning:[/] {w}"]

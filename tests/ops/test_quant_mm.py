@@ -10,10 +10,6 @@ write fails.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -120,42 +116,6 @@ def test_int8_mm_extreme_values_at_the_int32_limit(impl, a_val, b_val):
     exact = a.long() @ b.long().t()
     assert exact.abs().max().item() < 2**31 and exact[0, 0].item() == a_val * b_val * k
     assert torch.equal(out.cpu(), exact.float())
-
-
-def _run_with_isa(isa: str, code: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SLIMOPS_CPU_ISA": isa}
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=600, check=False
-    )
-
-
-@pytest.mark.parametrize("isa", ["generic", "avx2"])
-def test_int8_mm_each_cpu_kernel(isa):
-    """SLIMOPS_CPU_ISA (read once per process) forces one of int8_mm's CPU kernels: the exactness
-    tests above and the table's int8_mm correctness tests (tests/ops/test_op_db.py) pass with each,
-    in a fresh process."""
-    if isa == "avx2" and torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
-        pytest.skip("this CPU has no AVX2")
-    select = "cpu and (accumulation_is_exact or int_mm or full_int8_range or int32_limit or (matches_reference and int8_mm))"
-    table = os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_op_db.py")
-    code = (
-        "import sys, pytest; sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', '-x', "
-        f"{__file__!r}, {table!r}, '-k', {select!r}]))"
-    )
-    done = _run_with_isa(isa, code)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert " passed" in done.stdout and " failed" not in done.stdout
-
-
-def test_int8_mm_cpu_isa_rejects_unknown_values():
-    code = (
-        "import torch, slimops\n"
-        "a = torch.ones(2, 3, dtype=torch.int8)\n"
-        "slimops.ops.int8_mm(a, a, torch.ones(2), torch.ones(2))\n"
-    )
-    done = _run_with_isa("avx9000", code)
-    assert done.returncode != 0 and "SLIMOPS_CPU_ISA must be auto, generic or avx2, got 'avx9000'" in done.stderr
 
 
 # ---------------------------------------------------------------- weight_int8_linear

@@ -24,7 +24,7 @@ from slimops.cli import main
 ROW_FIELDS = {
     "suite", "op", "params", "provider", "shape", "dtype", "device", "device_name", "versions", "date",
     "timer", "threads", "status", "reason", "median_us", "bytes", "gbps", "flops", "tflops",
-    "baseline", "speedup_vs_baseline", "frac_of_copy_bw",
+    "baseline", "speedup_vs_baseline", "frac_of_copy_bw", "extra",
 }  # fmt: skip
 
 FAST = dict(min_time=0.002, progress=False)  # timing length only; nothing here measures speed

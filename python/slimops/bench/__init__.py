@@ -12,14 +12,17 @@ Each row is a flat dict (one JSON object) with:
 * ``suite``, ``op``, ``params`` (the variant, e.g. ``"axis=0 asym"``), ``provider``,
   ``shape`` (list), ``dtype``;
 * ``device`` (``cpu``/``cuda``), ``device_name``, ``versions`` (slimops, torch,
-  triton, cuda, python), ``date`` (ISO 8601 with offset), ``timer``, ``threads`` (CPU);
+  triton, cuda, python), ``date`` (ISO 8601 with offset), ``timer``, ``threads`` (CPU:
+  torch's threads when the row was timed);
 * ``status``: ``ok``, ``skipped`` (provider unavailable here; ``reason`` says why)
   or ``error`` (it raised; ``reason`` holds the exception);
 * ``median_us``; ``bytes`` (compulsory bytes read + written) and ``gbps``;
   ``flops`` and ``tflops`` (null for memory-bound ops);
 * ``baseline`` (the suite's baseline provider) and ``speedup_vs_baseline``
   (baseline time / this time, same run); ``frac_of_copy_bw`` (GPU: this GB/s
-  over the ``torch-copy`` row's, a device copy of the same bytes, same run).
+  over the ``torch-copy`` row's, a device copy of the same bytes, same run);
+* ``extra``: what the provider measured besides time (the ``cpu`` suite: ``sqnr_db``,
+  ``isa``), or null.
 """
 
 from slimops.bench.harness import Case, Provider, Suite, Unavailable, print_table, run_suite, write_json

@@ -97,6 +97,10 @@ class Suite:
         cases: ``cases(device_type, quick) -> list[Case]``; quick cases run in seconds.
         providers: every provider; the harness keeps those for the device.
         baseline: the provider every ratio is taken against.
+        rounds: CPU only: time the providers of a case round-robin this many
+            times (each round a share of the timing budget) and report the
+            median over rounds, so a stall of a shared machine hits every
+            provider alike instead of one of them.
     """
 
     name: str
@@ -104,6 +108,7 @@ class Suite:
     cases: Callable[[str, bool], list[Case]]
     providers: list[Provider] = field(default_factory=list)
     baseline: str = "torch-eager"
+    rounds: int = 1
 
     def provider(self, name: str) -> Provider:
         for p in self.providers:
@@ -278,7 +283,6 @@ def run_suite(
         "device_name": _info.device_name(dev),
         "versions": {k: v for k, v in _info.versions().items() if k != "platform"},
         "timer": "triton.testing.do_bench median" if on_gpu else "slimops.bench.time_cpu median",
-        "threads": None if on_gpu else torch.get_num_threads(),
     }
 
     rows: list[dict] = []
@@ -287,7 +291,9 @@ def run_suite(
         for case in case_list:
             case_rows = []
 
-            def row(provider: str, seconds: float | None, status: str = "ok", reason: str | None = None) -> dict:
+            def row(
+                provider: str, seconds: float | None, status: str = "ok", reason: str | None = None, extra=None
+            ) -> dict:
                 r = {
                     "suite": suite.name,
                     "op": case.op,
@@ -302,9 +308,13 @@ def run_suite(
                     "tflops": case.flops / seconds / 1e12 if seconds and case.flops else None,
                     "speedup_vs_baseline": None,  # filled in once the case's rows are all in
                     "frac_of_copy_bw": None,
+                    # What a provider measured besides time (e.g. the cpu suite's SQNR), or None.
+                    "extra": extra,
                     "bytes": case.nbytes,
                     "flops": case.flops or None,
                     **common,
+                    # Per row: a provider may set its own (the cpu suite's threads=N cases).
+                    "threads": None if on_gpu else torch.get_num_threads(),
                     "date": _now(),
                 }
                 case_rows.append(r)
@@ -331,6 +341,8 @@ def run_suite(
                     row(COPY_PROVIDER, None, "error", f"{type(e).__name__}: {str(e).strip()[:500]}")
                 src = dst = None
 
+            rounds = 1 if on_gpu else max(1, suite.rounds)
+            fns: dict[str, Callable[[], Any]] = {}
             for p in chosen:
                 bar.start(f"{case.label} {list(case.shape)} {_dtype_name(case.dtype)} · {p.name}")
                 reason = None if dev.type in p.devices else f"runs on {'/'.join(p.devices)} only"
@@ -341,13 +353,36 @@ def run_suite(
                 try:
                     with p.context():
                         fn = p.prepare(case, args)
-                        seconds = time_gpu(fn, quick) if on_gpu else time_cpu(fn, min_time, 5 if quick else 10)[0]
-                    row(p.name, seconds)
+                        if rounds == 1:
+                            seconds = time_gpu(fn, quick) if on_gpu else time_cpu(fn, min_time, 5 if quick else 10)[0]
+                    if rounds == 1:
+                        row(p.name, seconds, extra=getattr(fn, "extra", None))
+                    else:
+                        fns[p.name] = fn
                 except Unavailable as e:
                     row(p.name, None, "skipped", str(e))
                 except Exception as e:  # a failing provider must not lose the rest of the run
                     row(p.name, None, "error", f"{type(e).__name__}: {str(e).strip()[:500]}")
+            if fns:
+                # Interleaved: round r times every provider once, in turn.
+                per_round: dict[str, list[float]] = {name: [] for name in fns}
+                failed: dict[str, str] = {}
+                for _ in range(rounds):
+                    for p in chosen:
+                        if p.name not in fns or p.name in failed:
+                            continue
+                        try:
+                            with p.context():
+                                per_round[p.name].append(time_cpu(fns[p.name], min_time / rounds, 3)[0])
+                        except Exception as e:
+                            failed[p.name] = f"{type(e).__name__}: {str(e).strip()[:500]}"
+                for name in fns:
+                    if name in failed:
+                        row(name, None, "error", failed[name])
+                    else:
+                        row(name, statistics.median(per_round[name]), extra=getattr(fns[name], "extra", None))
             fn = args = None  # free the inputs (the last closure holds them too) before the next case
+            fns = {}
 
             # Ratios between rows measured in this same run.
             base = next((r for r in case_rows if r["provider"] == suite.baseline and r["status"] == "ok"), None)
