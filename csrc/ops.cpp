@@ -24,6 +24,7 @@
 
 #include "backend.h"
 #include "clip.h"
+#include "int4.h"
 #include "quant_mm.h"
 #include "quantize.h"
 #include "sparse.h"
@@ -236,6 +237,17 @@ constexpr auto clip_grad_norm_fused_op = def(
     Keys::BackendsAndComposite, &clip_grad_norm_fused_cpu, &validate_clip_grad_norm_fused_,
     CUDA_AND_TRITON(clip_grad_norm_fused_cuda, kNever, "elements"));
 
+// W4A16: x [..., K] float times an int4 weight, two per byte in chunks of 32 inputs (qweight uint8
+// [N, ceil(K/32)*16]; python/slimops/reference/int4.py), w = (q - zero_point) * scale per group of
+// group_size inputs (zero_point None: symmetric, 8); fp32 accumulation, returns x's dtype.
+constexpr auto weight_int4_linear_op = def(
+    "weight_int4_linear(Tensor x, Tensor qweight, Tensor scale, Tensor? zero_point, int group_size, "
+    "Tensor? bias=None) -> Tensor",
+    Keys::Backends, &weight_int4_linear_cpu,
+    [](const Tensor& x, const Tensor& q, const Tensor& s, const OptTensor& z, int64_t gs,
+       const OptTensor& bias) -> int64_t { return validate_weight_int4_linear(x, q, s, z, gs, bias).m; },
+    TRITON_ONLY);
+
 // ------------------------------------------------------------------ what the table generates
 
 std::string op_name(const char* schema) {
@@ -330,7 +342,7 @@ using Ops = Table<quantize_per_token_op, quantize_per_channel_op, dequantize_op,
                   weight_int8_linear_op, quantize_fp8_per_row_op, fp8_dynamic_linear_op, masked_linear_op,
                   masked_linear_grad_input_op, masked_linear_grad_weight_op, block_sparse_pack_op,
                   block_sparse_linear_op, sparse24_compress_op, sparse24_linear_op, multi_tensor_norm_op,
-                  multi_tensor_scale_op, clip_grad_norm_fused_op>;
+                  multi_tensor_scale_op, clip_grad_norm_fused_op, weight_int4_linear_op>;
 
 }  // namespace
 }  // namespace slimops

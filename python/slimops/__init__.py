@@ -31,6 +31,7 @@ from slimops.quant import (
     PercentileObserver,
     prepare,
 )
+from slimops.quant_int4 import Int4WeightOnlyConfig
 from slimops.encryption import generate_key
 from slimops.serialization import load, save
 from slimops import distill, prune  # noqa: F401  (slimops.prune.Pruner, slimops.distill.kd_loss)
@@ -60,6 +61,7 @@ __all__ = [
     "ConversionSummary",
     "Fp8DynamicConfig",
     "HalfConfig",
+    "Int4WeightOnlyConfig",
     "Int8DynamicConfig",
     "Int8StaticConfig",
     "Int8WeightOnlyConfig",

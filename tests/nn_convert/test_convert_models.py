@@ -139,6 +139,10 @@ QUANT = {
     "weight_only_g32": (lambda: slimops.Int8WeightOnlyConfig(group_size=32), 30, 35),
     "fp8_dynamic": (slimops.Fp8DynamicConfig, 20, 25),  # e4m3 keeps 3 mantissa bits
     "int8_static": (slimops.Int8StaticConfig, 20, 28),
+    # int4 weight-only (2026-12-02), logits / per-layer, lowest family: g128 asym 16.3 / 17.6 (ViT),
+    # g128 sym 15.3 / 16.9 (ViT); GPT-2 18.2 / 20.2 (asym). Below the 22 dB target (README).
+    "int4_g128": (slimops.Int4WeightOnlyConfig, 15, 16.5),
+    "int4_g128_sym": (lambda: slimops.Int4WeightOnlyConfig(scheme="sym"), 14, 16),
 }
 SPARSE = {
     # The CPU 2:4 kernel takes fp32 weights (prune/packing._s24_runs).

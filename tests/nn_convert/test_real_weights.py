@@ -76,6 +76,11 @@ CONFIGS = {
     # The weakest: one activation scale per tensor, from the calibration min / max
     # (PercentileObserver measured 0.98582 / 0.98972).
     "int8_static": (slimops.Int8StaticConfig, 0.96, 0.975),
+    # int4 weight-only, measured 2026-12-02 (min / mean): g128 asym 0.94884 / 0.95751, g128 sym
+    # 0.94367 / 0.95800, g32 asym 0.96982 / 0.97643; all 16 nearest neighbours kept. Bounds: 2x the error.
+    "int4_g128": (slimops.Int4WeightOnlyConfig, 0.895, 0.915),
+    "int4_g128_sym": (lambda: slimops.Int4WeightOnlyConfig(scheme="sym"), 0.885, 0.915),
+    "int4_g32": (lambda: slimops.Int4WeightOnlyConfig(group_size=32), 0.94, 0.95),
 }
 
 

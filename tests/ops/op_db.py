@@ -66,6 +66,9 @@ class Grad:
     wrt: tuple[int, ...]
     fn: Callable[..., torch.Tensor]
     rtol: float = 1e-5
+    # fn at |args| bounds the rounding unless the weight's sign is not that of a float argument
+    # (packed nibbles minus a zero point): then this (at |args|) gives the bound instead.
+    magnitude: Callable[..., torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -587,6 +590,68 @@ def _clip_tol():
     return {d: Tol(torch.finfo(d).eps + 2e-6) for d in FLOATS}
 
 
+# ----------------------------------------------------------------- int4 weight-only family
+
+# (x shape, N, group_size): M = 1..17, K odd / not a multiple of the 32-input chunk or of the
+# vector width, groups ending inside a chunk's tail, several group sizes.
+W4A16_CASES = (
+    [((m, 96), 17, 32) for m in range(1, 18)]
+    + [((1, 5), 1, 32), ((5, 17), 7, 64), ((2, 3, 123), 5, 32), ((17, 769), 5, 128), ((3, 256), 33, 128),
+       ((4, 160), 9, 96), ((1, 300), 6, 256), ((19, 64), 3, 32), ((2, 1), 4, 32)]
+)
+
+
+def _int4_parts(n, k, group_size, seed, *, asym, scale_dtype=F32):
+    from slimops.reference.int4 import pack_int4
+
+    g = gen(seed)
+    groups = -(-k // group_size)
+    q = torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8)
+    scale = _scales(n * groups, seed + 1, (n, groups)).to(scale_dtype)
+    zero = (torch.rand(n, groups, generator=g) * 15).to(scale_dtype) if asym else None
+    return pack_int4(q), scale, zero
+
+
+def weight_int4_linear_samples(device, dtype, *, seed):
+    for i, (xshape, n, group_size) in enumerate(W4A16_CASES):
+        k = xshape[-1]
+        s = _seed(seed, xshape, n, group_size)
+        # x spans 6 decades per row; 2^-10 keeps K=769 sums inside fp16's range.
+        x = random_rows(xshape, dtype, "cpu", seed=s) * 2**-10
+        qweight, scale, zero = _int4_parts(n, k, group_size, s + 1, asym=i % 2 == 0)
+        bias = torch.randn(n, generator=gen(s + 2)).to(dtype) if i % 3 else None
+        yield Sample((*_on(device, x, qweight, scale, zero), group_size, *_on(device, bias)),
+                     f"x {xshape} N={n} gs={group_size} asym={zero is not None} bias={bias is not None}")
+    for layout in LAYOUTS_2D:
+        for scale_dtype in (F32, F16):
+            s = _seed(seed, "int4", layout, scale_dtype)
+            x = random_rows((7, 75), dtype, "cpu", seed=s, layout=layout) * 2**-10
+            qweight, scale, zero = _int4_parts(11, 75, 64, s + 1, asym=True, scale_dtype=scale_dtype)
+            bias = torch.randn(22, generator=gen(s + 3)).to(dtype)[::2]  # a strided bias
+            yield Sample((*_on(device, x, qweight.t().contiguous().t(), scale, zero), 64, *_on(device, bias)),
+                         f"x [7, 75] {layout}, column-major qweight, scale {scale_dtype}, strided bias")
+
+
+def _int4_weight(qweight, scale, zero_point, group_size, k):
+    from slimops.reference.int4 import dequantize_int4
+
+    return dequantize_int4(qweight.cpu(), scale.cpu(), None if zero_point is None else zero_point.cpu(), group_size, k)
+
+
+def _weight_int4_linear_slack(x, qweight, scale, zero_point, group_size, bias):
+    # fp32 sums over K terms of x * q and of x * z (the zero point enters through the group sums of x),
+    # so the bound counts (|q| + |z|) * s rather than |q - z| * s; a bias of x's dtype rounds once more.
+    from slimops.reference.int4 import unpack_int4
+
+    k = x.shape[-1]
+    group = torch.arange(k) // group_size
+    z = torch.full((1, k), 8.0, dtype=torch.float64) if zero_point is None else zero_point.cpu().double()[:, group]
+    mag_w = (unpack_int4(qweight.cpu(), k).double() + z.abs()) * scale.cpu().double()[:, group]
+    mag = x.cpu().double().abs() @ mag_w.t()
+    out = (2 * EPS[x.dtype] + (k + 4) * EPS[F32]) * mag * 1.01
+    return [out if bias is None else out + EPS[x.dtype] * bias.cpu().double().abs()]
+
+
 # ----------------------------------------------------------------- the table
 
 _ops = slimops.ops
@@ -655,6 +720,13 @@ OP_DB: list[OpInfo] = [
            FLOATS, EXACT, mutates=(0,), outputs=(), cuda_graph=False),
     OpInfo("clip_grad_norm_fused_", _ops.clip_grad_norm_fused_, clip_grad_norm_fused_samples, _clip_ref,
            FLOATS, _clip_tol(), mutates=(0, 4)),
+    OpInfo("weight_int4_linear", _ops.weight_int4_linear, weight_int4_linear_samples, ref.weight_int4_linear,
+           FLOATS, rounding(),
+           exact=lambda x, q, s, z, gs, b: ref.weight_int4_linear(x.double(), q, s, z, gs,
+                                                                  None if b is None else b.double()),
+           slack=_weight_int4_linear_slack,
+           grad=Grad((0, 5), lambda x, q, s, z, gs, b: _linear64(x, _int4_weight(q, s, z, gs, x.shape[-1]), b),
+                     magnitude=lambda x, q, s, z, gs, b: _linear64(x, _int4_weight(q, s, z, gs, x.shape[-1]).abs(), b))),
 ]
 
 OP_DB_BY_NAME = {info.name: info for info in OP_DB}

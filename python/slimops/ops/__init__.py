@@ -5,6 +5,7 @@ op table (csrc/ops.cpp), so it is imported by ``import slimops``.
 """
 
 from slimops.ops.clip import clip_grad_norm_fused_, multi_tensor_norm, multi_tensor_scale_
+from slimops.ops.int4 import weight_int4_linear
 from slimops.ops.quant_mm import (
     fp8_dynamic_linear,
     int8_dynamic_linear,
@@ -46,5 +47,6 @@ __all__ = [
     "sparse24_compress",
     "sparse24_linear",
     "sparse24_to_dense",
+    "weight_int4_linear",
     "weight_int8_linear",
 ]
