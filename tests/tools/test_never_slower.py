@@ -41,7 +41,8 @@ def test_every_module_gets_a_measured_row(never_slower, tmp_path):
     for r in rows:
         assert r["ratio"] > 0 and r["baseline_us"] > 0 and r["slimops_us"] > 0
     # the layers really are the slimops ones, not the dense layer left in place
-    assert {r["layer"] for r in rows} == {"Int8DynamicLinear", "Int8WeightOnlyLinear", "Fp8DynamicLinear",
+    assert {r["layer"] for r in rows} == {"Int8DynamicLinear", "Int8WeightOnlyLinear", "Int4WeightOnlyLinear",
+                                          "Fp8DynamicLinear",
                                           "Int8StaticLinear", "HalfLinear", "MaskedLinear", "BlockSparseLinear",
                                           "Sparse24Linear"}
 
