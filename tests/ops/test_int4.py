@@ -3,7 +3,6 @@ path against the float64 reference, bad input, and the module / config / save-lo
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
