@@ -138,11 +138,15 @@ def test_cli_runs_every_format_on_cpu(tmp_path):
         weight = r["bytes"] - io  # every tensor the layer holds
         expect = {decode.W8A16: 1, decode.W8A16_G128: 1, decode.W8A8: 1, decode.FP8: 1, decode.INT4: 0.5,
                   decode.S24: 1, decode.BLOCK75: 0.5, decode.BLOCK90: 0.2}[op]
-        # the packed weight (1 byte an int8 / fp8, half an int4, the kept half of 2:4 bf16, the kept tiles),
-        # plus at most 25% for scales and indices
-        assert expect * n * k <= weight <= 1.25 * expect * n * k + 8 * n, (op, weight, n * k)
-        if decode.target(op, m) is not None:
-            assert r["target"] == decode.target(op, m).text and isinstance(r["target_met"], bool)
+        # the packed weight (1 byte an int8 / fp8, half an int4, the kept half of 2:4 bf16, the kept bf16
+        # tiles, give or take one 64x64 tile), plus at most 25% for scales and indices
+        tile = 2 * 64 * 64 if op in (decode.BLOCK75, decode.BLOCK90) else 0
+        assert expect * n * k - tile <= weight <= 1.25 * expect * n * k + tile + 8 * n, (op, weight, n * k)
+        t = decode.target(op, m)
+        if t is not None:
+            assert r["target"] == t.text
+            # the CPU has no copy row: a target that needs the copy bandwidth is not known there
+            assert r["target_met"] is None if t.min_frac_of_copy is not None else isinstance(r["target_met"], bool)
 
 
 def test_cli_rejects_a_provider_the_suite_lacks(tmp_path):

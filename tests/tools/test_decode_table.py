@@ -24,7 +24,8 @@ def table():
 
 @pytest.fixture(scope="module")
 def cpu_json(tmp_path_factory):
-    cases = [decode.decode_case(decode.W8A16, 1, 256, 384), decode.decode_case(decode.INT4, 16, 256, 384)]
+    cases = [decode.decode_case(decode.W8A16, 1, 256, 384), decode.decode_case(decode.INT4, 16, 256, 384),
+             decode.decode_case(decode.W8A8, 1, 256, 384)]
     rows = run_suite(decode.SUITE, "cpu", cases=cases, progress=False)
     path = tmp_path_factory.mktemp("j") / "decode.json"
     write_json(rows, str(path), ["bench", "--suite", "decode"])
@@ -36,8 +37,8 @@ def test_one_line_per_slimops_row_with_its_numbers(table, cpu_json):
     md = table.render(json.loads(path.read_text()))
     lines = md.splitlines()
     assert "A CPU run" in lines[0] and "targets are for an H200" in lines[0]
-    body = [line for line in lines if line.startswith("| W8A16") or line.startswith("| int4")]
-    assert len(body) == 2
+    body = [line for line in lines if line.startswith(("| W8A16", "| int4", "| W8A8"))]
+    assert len(body) == 3
     w8 = next(r for r in rows if r["op"] == decode.W8A16 and r["provider"] == "slimops-cpu")
     base = next(r for r in rows if r["op"] == decode.W8A16 and r["provider"] == "torch-bf16")
     cells = [c.strip() for c in body[0].strip("|").split("|")]
@@ -45,9 +46,12 @@ def test_one_line_per_slimops_row_with_its_numbers(table, cpu_json):
                          f"{w8['speedup_vs_baseline']:.2f}"]
     assert cells[6] == f"{w8['bytes'] / 1e6:.1f}"
     assert cells[8] == decode.target(decode.W8A16, 1).text
-    assert cells[9] == ("met" if w8["target_met"] else "**missed**")
+    assert cells[9] == {True: "met", False: "**missed**", None: "-"}[w8["target_met"]]
     int4 = [c.strip() for c in body[1].strip("|").split("|")]
     assert int4[8] == "" and int4[9] == ""  # no target for int4 in issue 12
+    w8a8 = next(r for r in rows if r["op"] == decode.W8A8 and r["provider"] == "slimops-cpu")
+    assert isinstance(w8a8["target_met"], bool)  # a ratio-only target is known on the CPU too
+    assert body[2].rstrip(" |").endswith("met" if w8a8["target_met"] else "**missed**")
 
 
 def test_readme_block_is_replaced_and_nothing_else(table, cpu_json, tmp_path):
