@@ -199,6 +199,8 @@ def main(argv=None) -> int:
                 if made != 1 + a.new_tokens:
                     raise RuntimeError(f"generate made {made} tokens, expected {1 + a.new_tokens}")
                 row["tokens"] = out[0, a.prompt_len:].tolist()
+                # Whether generate really compiled the decode step (it falls back to eager silently).
+                row["compiled"] = getattr(m, "_compiled_call", None) is not None and mode != "eager"
                 prepared[name] = (one, full, row)
             except Skip as e:
                 row.update(status="skipped", reason=str(e))
@@ -241,7 +243,8 @@ def main(argv=None) -> int:
             print(f"{r['config']:<26} {r['mode']:<9} {r['status'].upper()}: {r['reason']}")
             continue
         tps = r.get("tokens_per_s")
-        target = "" if "target" not in r else f"{r['target']}: {'met' if r['target_met'] else 'MISSED'}"
+        met = {True: "met", False: "MISSED", None: "not measured"}[r.get("target_met")]
+        target = f"{r['target']}: {met}" if "target" in r else ""
         print(f"{r['config']:<26} {r['mode']:<9} {tps or float('nan'):>9.1f} {r.get('speedup_vs_bf16', float('nan')):>6.2f}x "
               f"{r['prefill_and_first_token_s']:>9.3f}  {target}")
     print(f"total {meta['total_s']:.0f}s on {meta['device_name']} ({platform.python_version()})")
