@@ -100,3 +100,20 @@ def test_steps_knob_runs_only_those(tmp_path):
     assert re.findall(r"^DRY \[(\S+)\]", r.stdout, re.M) == ["bench-decode", "llama-decode"]
     bad = _dry(tmp_path, STEPS="bench-decode nope")
     assert bad.returncode != 0 and "unknown step 'nope'" in bad.stderr + bad.stdout
+
+
+def test_launch_overhead_has_one_decode_layer_per_format(tmp_path):
+    r = _dry(tmp_path, STEPS="extras", EXTRAS="launch")
+    assert "DRY [launch-overhead]" in r.stdout and "bench/launch_overhead.py --json" in r.stdout
+    out = tmp_path / "launch.json"
+    run = subprocess.run([sys.executable, "bench/launch_overhead.py", "--device", "cpu", "--layer-shape", "256:384",
+                          "--m", "1", "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert run.returncode == 0, run.stderr
+    import json
+
+    from slimops.bench.suites import decode
+
+    rows = json.loads(out.read_text())["rows"]
+    formats = [f for f in decode.FORMATS if f != decode.MASKED]
+    assert [r["op"] for r in rows] == [f"{f} 256->384 M=1" for f in ["bf16 nn.Linear", *formats]]
+    assert all(r["eager_us"] > 0 and r["graph_us"] is None for r in rows)  # no CUDA graph on the CPU
