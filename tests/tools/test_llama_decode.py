@@ -66,4 +66,6 @@ def test_budget_skips_configs_with_the_reason(llama_decode, tmp_path):
     rc, doc = _run(llama_decode, tmp_path, "--modes", "eager", "--budget-s", "0")
     assert rc == 0
     assert {r["status"] for r in doc["rows"]} == {"skipped"}
-    assert all(r["reason"].startswith("budget:") for r in doc["rows"])
+    by = {r["config"]: r for r in doc["rows"]}
+    assert by.pop("bf16")["reason"].startswith("budget:")
+    assert all("no baseline" in r["reason"] for r in by.values())  # nothing compiled without bf16

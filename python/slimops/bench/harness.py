@@ -10,6 +10,9 @@ bytes, compare numbers measured side by side.
 Timing is the median: ``triton.testing.do_bench`` on a GPU (it flushes L2
 between reps, so memory-bound ops are timed from DRAM); on a CPU a block timer
 that warms up, then repeats until a minimum time and a minimum count.
+A suite with ``interleave=True`` (``decode``) times its providers call by call in
+turn instead (``slimops._measure.median_seconds``: CUDA events, L2 flushed), with
+a large device copy among them on a GPU.
 """
 
 from __future__ import annotations
