@@ -31,6 +31,8 @@
 #   SUITES       bench suites run by the step bench-suites (default ""; e.g. "sparse quant")
 #   EXTRAS       "demo launch" adds the CUDA demo and bench/launch_overhead.py
 #   PYTEST_ARGS  what pytest -m gpu runs (default: the sparse family and bad-input tests; "tests" for all)
+#   LIMIT_<step> one step's cap in seconds (dashes as underscores): a rerun of issue 12's end-to-end
+#                table with every mode is STEPS="build llama-decode" LIMIT_llama_decode=300
 #   DRY_RUN=1    print the plan and every command without running anything (tests/tools/test_gpu_check.py)
 set -u -o pipefail
 
@@ -56,6 +58,12 @@ declare -A EXPECT=([build]=150 [info]=5 [bad-input]=15 [libstdcxx]=3 [decode-swe
 declare -A LIMIT=([build]=240 [info]=30 [bad-input]=60 [libstdcxx]=30 [decode-sweep]=70 [bench-decode]=90
   [fuzz-cuda]=60 [never-slower]=60 [llama-decode]=120 [pytest-gpu]=170 [bsi8-sweep]=40 [ddp-example]=90
   [bench-suites]=120 [extras]=90)
+
+# LIMIT_<step>=SECONDS (dashes as underscores, e.g. LIMIT_llama_decode=400) raises or lowers one step's cap.
+for _name in "${!LIMIT[@]}"; do
+  _var=LIMIT_${_name//-/_}
+  [[ -n ${!_var:-} ]] && LIMIT[$_name]=${!_var}
+done
 
 left() { echo $((BUDGET_S - SECONDS)); }
 

@@ -173,6 +173,11 @@ def main(argv=None) -> int:
         "budget_s": a.budget_s,
         "targets": {k: f">= {v}x bf16 tokens/s" for k, v in TARGETS.items()},
     }
+    runnable = [c for c in configs if c != "torchao-int8-weight-only"]  # torchao: skipped in a second if absent
+    expected = {mode: EXPECTED_S[mode] * len(runnable) for mode in a.modes}
+    meta["expected_total_s"] = sum(expected.values())
+    print("expected (H200 estimates): " + ", ".join(f"{m} {EXPECTED_S[m]}s x {len(runnable)} configs" for m in a.modes)
+          + f"; total {meta['expected_total_s']}s, budget {a.budget_s:.0f}s (what does not fit is skipped)")
     rows: list[dict] = []
 
     def save():

@@ -98,6 +98,8 @@ def test_steps_knob_runs_only_those(tmp_path):
     r = _dry(tmp_path, STEPS="bench-decode llama-decode")
     assert r.returncode == 0, r.stderr
     assert re.findall(r"^DRY \[(\S+)\]", r.stdout, re.M) == ["bench-decode", "llama-decode"]
+    longer = _dry(tmp_path, STEPS="llama-decode", LIMIT_llama_decode="300")
+    assert "DRY [llama-decode] (limit 300s):" in longer.stdout and "--budget-s 290" in longer.stdout
     bad = _dry(tmp_path, STEPS="bench-decode nope")
     assert bad.returncode != 0 and "unknown step 'nope'" in bad.stderr + bad.stdout
 

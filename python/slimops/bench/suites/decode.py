@@ -197,11 +197,12 @@ def _cusparselt(case: Case, args):
 
         w24 = to_sparse_semi_structured(w * keep.reshape(w.shape))
         F.linear(x, w24)
+        names, _ = w24.__tensor_flatten__()  # its packed values and metadata
+        held = sum(getattr(w24, name).nbytes for name in names)
     except Exception as e:
         raise Unavailable(f"to_sparse_semi_structured failed: {type(e).__name__}: {str(e).strip()[:200]}") from e
     fn = lambda: F.linear(x, w24)  # noqa: E731
-    names, _ = w24.__tensor_flatten__()  # its packed values (and metadata, for CUTLASS)
-    fn.nbytes = _io_bytes(case) + sum(getattr(w24, a).nbytes for a in names)
+    fn.nbytes = _io_bytes(case) + held
     return fn
 
 
