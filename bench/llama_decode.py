@@ -106,6 +106,12 @@ def convert(name: str, model: torch.nn.Module) -> torch.nn.Module:
     return slimops.convert(copy.deepcopy(model), config)
 
 
+def _cudagraph_skips() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["inductor"]["cudagraph_skips"]
+
+
 def generate_fn(model, prompt: torch.Tensor, tokens: int, mode: str):
     """A call of ``model.generate`` making exactly ``tokens`` new tokens greedily; returns the sequences."""
     from transformers import CompileConfig
@@ -199,6 +205,7 @@ def main(argv=None) -> int:
                                                     f"--budget-s {a.budget_s:.0f}")
                 continue
             t0 = time.perf_counter()
+            skips = _cudagraph_skips()
             try:
                 m = convert(name, model)
                 one, full = generate_fn(m, prompt, 1, mode), generate_fn(m, prompt, 1 + a.new_tokens, mode)
@@ -210,6 +217,9 @@ def main(argv=None) -> int:
                 row["tokens"] = out[0, a.prompt_len:].tolist()
                 # Whether generate really compiled the decode step (it falls back to eager silently).
                 row["compiled"] = getattr(m, "_compiled_call", None) is not None and mode != "eager"
+                # torch.compile runs a graph it cannot capture (a mutated input, a CPU tensor) without
+                # CUDA graphs, and only logs it: count those here, so a graphs row without graphs says so.
+                row["cudagraph_skips"] = _cudagraph_skips() - skips
                 prepared[name] = (one, full, row)
             except Skip as e:
                 row.update(status="skipped", reason=str(e))
