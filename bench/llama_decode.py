@@ -92,24 +92,37 @@ def _torchao_int8_weight_only(model):
     return model
 
 
+def _fresh_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of ``model`` without the compiled forward ``generate`` caches on it.
+
+    NOTE: transformers keeps ``torch.compile(self.__call__)`` as ``model._compiled_call``; a deep copy
+    would keep that bound method, so the copy's ``generate`` would run the *original* model.
+    """
+    m = copy.deepcopy(model)
+    for attr in ("_compiled_call", "_last_compile_config"):
+        m.__dict__.pop(attr, None)
+    return m
+
+
 def convert(name: str, model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model`` in configuration ``name`` (bf16 is the model itself)."""
     if name == "bf16":
         return model
     if name == "torchao-int8-weight-only":
-        return _torchao_int8_weight_only(copy.deepcopy(model))
+        return _torchao_int8_weight_only(_fresh_copy(model))
     config = {
         "slimops-int8-weight-only": slimops.Int8WeightOnlyConfig(),
         "slimops-int8-dynamic": slimops.Int8DynamicConfig(),
         "slimops-int4-g128": slimops.Int4WeightOnlyConfig(group_size=128),
     }[name]
-    return slimops.convert(copy.deepcopy(model), config)
+    return slimops.convert(_fresh_copy(model), config)
 
 
-def _cudagraph_skips() -> int:
+def _counts() -> tuple[int, int]:
+    """(graphs TorchDynamo captured, CUDA-graph skips torch.compile logged) so far in this process."""
     from torch._dynamo.utils import counters
 
-    return counters["inductor"]["cudagraph_skips"]
+    return counters["stats"]["unique_graphs"], counters["inductor"]["cudagraph_skips"]
 
 
 def generate_fn(model, prompt: torch.Tensor, tokens: int, mode: str):
@@ -205,7 +218,7 @@ def main(argv=None) -> int:
                                                     f"--budget-s {a.budget_s:.0f}")
                 continue
             t0 = time.perf_counter()
-            skips = _cudagraph_skips()
+            graphs0, skips0 = _counts()
             try:
                 m = convert(name, model)
                 one, full = generate_fn(m, prompt, 1, mode), generate_fn(m, prompt, 1 + a.new_tokens, mode)
@@ -216,10 +229,11 @@ def main(argv=None) -> int:
                     raise RuntimeError(f"generate made {made} tokens, expected {1 + a.new_tokens}")
                 row["tokens"] = out[0, a.prompt_len:].tolist()
                 # Whether generate really compiled the decode step (it falls back to eager silently).
-                row["compiled"] = getattr(m, "_compiled_call", None) is not None and mode != "eager"
-                # torch.compile runs a graph it cannot capture (a mutated input, a CPU tensor) without
-                # CUDA graphs, and only logs it: count those here, so a graphs row without graphs says so.
-                row["cudagraph_skips"] = _cudagraph_skips() - skips
+                # TorchDynamo graphs captured for this configuration (0 in eager mode; at least 1 when
+                # generate really compiled this model's decode step), and the CUDA-graph skips that
+                # torch.compile only logs (a mutated input, a CPU tensor): a graphs row without graphs says so.
+                graphs1, skips1 = _counts()
+                row.update(graphs_captured=graphs1 - graphs0, cudagraph_skips=skips1 - skips0)
                 prepared[name] = (one, full, row)
             except Skip as e:
                 row.update(status="skipped", reason=str(e))

@@ -37,7 +37,7 @@ def test_every_config_decodes_and_is_compared_with_bf16(llama_decode, tmp_path):
         r = by[name]
         assert r["status"] == "ok", r
         assert r["mode"] == "eager" and r["tokens_per_s"] > 0 and r["decode_s"] > 0 and r["speedup_vs_bf16"] > 0
-        assert 0 <= r["tokens_equal_to_bf16"] <= 1 and "tokens" not in r and r["compiled"] is False
+        assert 0 <= r["tokens_equal_to_bf16"] <= 1 and "tokens" not in r and r["graphs_captured"] == 0
     assert by["bf16"]["speedup_vs_bf16"] == 1 and by["bf16"]["tokens_equal_to_bf16"] == 1
     assert by["slimops-int8-weight-only"]["target"] == ">= 1.6x bf16 tokens/s"
     assert by["slimops-int8-dynamic"]["target"] == ">= 1.5x bf16 tokens/s"
@@ -59,7 +59,8 @@ def test_graphs_mode_traces_the_converted_model(llama_decode, tmp_path):
     by = {r["config"]: r for r in doc["rows"]}
     assert rc == 0, doc["rows"]
     assert by["slimops-int8-weight-only"]["status"] == "ok" and by["slimops-int8-weight-only"]["mode"] == "graphs"
-    assert by["slimops-int8-weight-only"]["compiled"] is True and by["bf16"]["compiled"] is True
+    # each configuration's own decode step was captured (a copy of a compiled model would run the original)
+    assert by["slimops-int8-weight-only"]["graphs_captured"] >= 1 and by["bf16"]["graphs_captured"] >= 1
     # CUDA graphs cannot capture CPU tensors: the skip torch.compile only logs is counted in the row
     # (on an H200 it must be 0, or the graphs row did not run under graphs)
     assert by["bf16"]["cudagraph_skips"] >= 1 and by["slimops-int8-weight-only"]["cudagraph_skips"] >= 1
