@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything a lent GPU machine (no network) checks, in one call of ~480 s, most valuable first
+# Everything a lent GPU machine (no network) checks, in one call of <= 490 s, most valuable first
 # (issues 12 and 11 wait on this run; the plan with each step's expected seconds is printed first):
 #   build          slimops with the CUDA kernels for sm_90a only (H100/H200), --no-build-isolation --no-deps;
 #   info           slimops info (+ info.json);
@@ -11,11 +11,13 @@
 #   fuzz-cuda      2,000 broken calls over every op on CUDA, each in a worker process (issue 11: 0 crashes);
 #   never-slower   bench/never_slower.py: every slimops layer vs the bf16 nn.Linear it replaces (issue 11);
 #   llama-decode   bench/llama_decode.py: ~1B Llama greedy decode, tokens/s, eager and CUDA graphs (issue 12);
+#   launch-overhead  bench/launch_overhead.py: eager launch cost vs CUDA-graph replay, the decode ops and one
+#                  decode layer per weight format (issue 12: host bound or GPU bound);
 #   pytest-gpu     pytest -m gpu on PYTEST_ARGS (default: the sparse family and the bad-input contracts);
 #   bsi8-sweep     bench/block_sparse_int8_sweep.py (block-sparse int8; run when the file exists);
 #   ddp-example    the README's DDP example under torchrun when there are several GPUs (skipped on one);
 #   bench-<suite>  slimops bench --quick for SUITES (default none: the decode suite covers the sparse rows);
-#   demo-cuda, launch-overhead  with EXTRAS="demo launch".
+#   demo-cuda      with EXTRAS="demo".
 #
 # Usage, from the repository root:  OUT=/some/folder bash bench/gpu_check.sh
 # Writes into $OUT: gpu_check.log (all output), info.json, fuzz-cuda.json, decode-sweep.json,
@@ -25,11 +27,11 @@
 # what is left of BUDGET_S, so the steps last in the order are the ones a slow build squeezes out.
 #
 # Knobs (environment), for a rerun that spends less device time:
-#   BUDGET_S     hard stop for the whole script (default 480 s)
+#   BUDGET_S     hard stop for the whole script (default 490 s)
 #   STEPS        the steps to run, in order (default: all of the above but the extras, in the order above);
 #                e.g. STEPS="build bench-decode llama-decode" for a rerun of issue 12's benchmarks
 #   SUITES       bench suites run by the step bench-suites (default ""; e.g. "sparse quant")
-#   EXTRAS       "demo launch" adds the CUDA demo and bench/launch_overhead.py
+#   EXTRAS       "demo" adds the CUDA demo
 #   PYTEST_ARGS  what pytest -m gpu runs (default: the sparse family and bad-input tests; "tests" for all)
 #   LIMIT_<step> one step's cap in seconds (dashes as underscores): a rerun of issue 12's end-to-end
 #                table with every mode is STEPS="build llama-decode" LIMIT_llama_decode=300
@@ -41,22 +43,22 @@ mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 
 PY=python3
-BUDGET_S=${BUDGET_S:-480}  # hard stop for the whole script: 600 s per device command, ~2 min to start the machine
-DEFAULT_STEPS="build info bad-input libstdcxx decode-sweep bench-decode fuzz-cuda never-slower llama-decode pytest-gpu bsi8-sweep ddp-example bench-suites extras"
+BUDGET_S=${BUDGET_S:-490}  # hard stop for the whole script: 600 s per device command, ~2 min to start the machine
+DEFAULT_STEPS="build info bad-input libstdcxx decode-sweep bench-decode fuzz-cuda never-slower llama-decode launch-overhead pytest-gpu bsi8-sweep ddp-example bench-suites extras"
 STEPS=${STEPS:-$DEFAULT_STEPS}
 SUITES=${SUITES-}  # bench suites for the step bench-suites
-EXTRAS=${EXTRAS-}  # "demo launch": the demo on CUDA and the launch-cost table (left out by default: time)
+EXTRAS=${EXTRAS-}  # "demo": the demo on CUDA (left out by default: time)
 PYTEST_ARGS=${PYTEST_ARGS:-tests/ops/test_sparse.py tests/ops/test_sparse24.py tests/nn_convert/test_sparse_modules.py tests/nn_convert/test_routing.py tests/ops/test_quantize_contract.py tests/ops/test_quant_mm_contract.py}
 DRY_RUN=${DRY_RUN:-0}
 FAILED=()
 
 # Expected seconds of each step on an H200 (estimates: the first run measures them; the log prints
 # each step's real time) and the most it may take. The build's is a guess for nvcc on 16 cores.
-declare -A EXPECT=([build]=150 [info]=5 [bad-input]=15 [libstdcxx]=3 [decode-sweep]=45 [bench-decode]=60
-  [fuzz-cuda]=35 [never-slower]=40 [llama-decode]=80 [pytest-gpu]=30 [bsi8-sweep]=15 [ddp-example]=0
+declare -A EXPECT=([build]=150 [info]=5 [bad-input]=12 [libstdcxx]=3 [decode-sweep]=45 [bench-decode]=60
+  [fuzz-cuda]=35 [never-slower]=40 [llama-decode]=80 [launch-overhead]=15 [pytest-gpu]=30 [bsi8-sweep]=15 [ddp-example]=0
   [bench-suites]=0 [extras]=0)
 declare -A LIMIT=([build]=240 [info]=30 [bad-input]=60 [libstdcxx]=30 [decode-sweep]=70 [bench-decode]=90
-  [fuzz-cuda]=60 [never-slower]=60 [llama-decode]=120 [pytest-gpu]=170 [bsi8-sweep]=40 [ddp-example]=90
+  [fuzz-cuda]=60 [never-slower]=60 [llama-decode]=120 [launch-overhead]=40 [pytest-gpu]=170 [bsi8-sweep]=40 [ddp-example]=90
   [bench-suites]=120 [extras]=90)
 
 # LIMIT_<step>=SECONDS (dashes as underscores, e.g. LIMIT_llama_decode=400) raises or lowers one step's cap.
@@ -107,7 +109,7 @@ plan() {
       return 2
     fi
     total=$((total + EXPECT[$name]))
-    printf '  %-14s expect %4ss  limit %4ss  (total %4ss)\n' "$name" "${EXPECT[$name]}" "${LIMIT[$name]}" "$total"
+    printf '  %-16s expect %4ss  limit %4ss  (total %4ss)\n' "$name" "${EXPECT[$name]}" "${LIMIT[$name]}" "$total"
   done
   ((total > BUDGET_S)) && echo "  the estimates exceed the budget: the last steps get what is left, or are skipped"
   return 0
@@ -270,8 +272,12 @@ step_bench_suites() {
   done
 }
 
-# EXTRAS: the demo on the GPU (fp16 AMP + GradScaler, Triton int8), a few epochs; the host
-# launch cost against CUDA-graph replay for the decode ops and one decode layer per format.
+# Host launch cost against CUDA-graph replay for the decode ops and one decode layer per format.
+step_launch_overhead() {
+  step launch-overhead "${LIMIT[launch-overhead]}" $PY bench/launch_overhead.py --json "$OUT/launch-overhead.json"
+}
+
+# EXTRAS: the demo on the GPU (fp16 AMP + GradScaler, Triton int8), a few epochs.
 step_extras() {
   if [[ " $EXTRAS " == *" demo "* ]]; then
     if $PY -c 'import sklearn, matplotlib' 2>/dev/null; then
@@ -279,9 +285,6 @@ step_extras() {
     else
       echo "=== [demo-cuda] not run: scikit-learn or matplotlib is not installed on this machine"
     fi
-  fi
-  if [[ " $EXTRAS " == *" launch "* ]]; then
-    step launch-overhead "${LIMIT[extras]}" $PY bench/launch_overhead.py --json "$OUT/launch-overhead.json"
   fi
 }
 
