@@ -24,6 +24,7 @@
 
 #include "backend.h"
 #include "clip.h"
+#include "codebook4.h"
 #include "int4.h"
 #include "quant_mm.h"
 #include "quantize.h"
@@ -248,6 +249,19 @@ constexpr auto weight_int4_linear_op = def(
        const OptTensor& bias) -> int64_t { return validate_weight_int4_linear(x, q, s, z, gs, bias).m; },
     TRITON_ONLY);
 
+// W4A16 with a 16-entry codebook (NF4 or k-means): x [..., K] float times w = codebook[c, q] * scale per
+// block of group_size inputs, q 4-bit indices in int4's nibble layout, c = 0 (codebook [1, 16]) or the
+// output row (codebook [N, 16]); python/slimops/reference/codebook4.py. fp32 accumulation, x's dtype.
+// NOTE: Triton only on the GPU until a CUDA C++ decode kernel is measured (the H200 run of
+// bench/gpu_check.sh decides the rule).
+constexpr auto weight_codebook4_linear_op = def(
+    "weight_codebook4_linear(Tensor x, Tensor qweight, Tensor codebook, Tensor scale, int group_size, "
+    "Tensor? bias=None) -> Tensor",
+    Keys::Backends, &weight_codebook4_linear_cpu,
+    [](const Tensor& x, const Tensor& q, const Tensor& cb, const Tensor& s, int64_t gs,
+       const OptTensor& bias) -> int64_t { return validate_weight_codebook4_linear(x, q, cb, s, gs, bias).m; },
+    TRITON_ONLY);
+
 // ------------------------------------------------------------------ what the table generates
 
 std::string op_name(const char* schema) {
@@ -342,7 +356,8 @@ using Ops = Table<quantize_per_token_op, quantize_per_channel_op, dequantize_op,
                   weight_int8_linear_op, quantize_fp8_per_row_op, fp8_dynamic_linear_op, masked_linear_op,
                   masked_linear_grad_input_op, masked_linear_grad_weight_op, block_sparse_pack_op,
                   block_sparse_linear_op, sparse24_compress_op, sparse24_linear_op, multi_tensor_norm_op,
-                  multi_tensor_scale_op, clip_grad_norm_fused_op, weight_int4_linear_op>;
+                  multi_tensor_scale_op, clip_grad_norm_fused_op, weight_int4_linear_op,
+                  weight_codebook4_linear_op>;
 
 }  // namespace
 }  // namespace slimops

@@ -32,6 +32,7 @@ from slimops.quant import (
     prepare,
 )
 from slimops.quant_int4 import Int4WeightOnlyConfig
+from slimops.quant_codebook import CodebookWeightOnlyConfig
 from slimops.encryption import generate_key
 from slimops.serialization import load, save
 from slimops import distill, prune  # noqa: F401  (slimops.prune.Pruner, slimops.distill.kd_loss)
@@ -62,6 +63,7 @@ __all__ = [
     "Fp8DynamicConfig",
     "HalfConfig",
     "Int4WeightOnlyConfig",
+    "CodebookWeightOnlyConfig",
     "Int8DynamicConfig",
     "Int8StaticConfig",
     "Int8WeightOnlyConfig",

@@ -19,6 +19,7 @@ import slimops
 from slimops import cli, encryption
 from slimops.nn import (
     BlockSparseLinear,
+    CodebookWeightOnlyLinear,
     Fp8DynamicLinear,
     HalfLinear,
     Int4WeightOnlyLinear,
@@ -89,6 +90,11 @@ MODULE_TYPES = {
                 "int4_weight_only_g32",
                 lambda m: slimops.convert(m, slimops.Int4WeightOnlyConfig(group_size=32)),
                 Int4WeightOnlyLinear,
+            ),
+            (
+                "codebook_kmeans_row",
+                lambda m: slimops.convert(m, slimops.CodebookWeightOnlyConfig(codebook="kmeans", kmeans="row")),
+                CodebookWeightOnlyLinear,
             ),
             ("int8_static", CONVERTERS["int8_static"], Int8StaticLinear),
             ("half_bf16", CONVERTERS["half"], HalfLinear),

@@ -652,6 +652,56 @@ def _weight_int4_linear_slack(x, qweight, scale, zero_point, group_size, bias):
     return [out if bias is None else out + EPS[x.dtype] * bias.cpu().double().abs()]
 
 
+# ----------------------------------------------------------------- codebook 4-bit weight-only family
+
+def _codebook4_parts(n, k, group_size, seed, *, per_row, dtype=F32):
+    from slimops.reference.int4 import pack_int4
+
+    g = gen(seed)
+    groups = -(-k // group_size)
+    q = torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8)
+    # entries of either sign in 1/16 .. 1 (never zero), like a normalised NF4 / k-means table
+    sign = torch.randint(0, 2, (n if per_row else 1, 16), generator=g) * 2 - 1
+    codebook = (sign * torch.empty(sign.shape).uniform_(1 / 16, 1, generator=g)).to(dtype)
+    scale = _scales(n * groups, seed + 1, (n, groups)).to(dtype)
+    return pack_int4(q), codebook, scale
+
+
+def weight_codebook4_linear_samples(device, dtype, *, seed):
+    # int4's cases (M = 1..17, odd K, K not a multiple of 32, several group sizes), C = 1 and C = N in turn
+    for i, (xshape, n, group_size) in enumerate(W4A16_CASES):
+        k = xshape[-1]
+        s = _seed(seed, "codebook4", xshape, n, group_size)
+        x = random_rows(xshape, dtype, "cpu", seed=s) * 2**-10
+        qweight, codebook, scale = _codebook4_parts(n, k, group_size, s + 1, per_row=i % 2 == 1)
+        bias = torch.randn(n, generator=gen(s + 2)).to(dtype) if i % 3 else None
+        yield Sample((*_on(device, x, qweight, codebook, scale), group_size, *_on(device, bias)),
+                     f"x {xshape} N={n} gs={group_size} C={codebook.shape[0]} bias={bias is not None}")
+    for layout in LAYOUTS_2D:
+        for per_row, part_dtype in ((True, F32), (False, F16)):
+            s = _seed(seed, "codebook4", layout, part_dtype)
+            x = random_rows((7, 75), dtype, "cpu", seed=s, layout=layout) * 2**-10
+            qweight, codebook, scale = _codebook4_parts(11, 75, 64, s + 1, per_row=per_row, dtype=part_dtype)
+            bias = torch.randn(22, generator=gen(s + 3)).to(dtype)[::2]  # a strided bias
+            yield Sample((*_on(device, x, qweight.t().contiguous().t(), codebook, scale), 64, *_on(device, bias)),
+                         f"x [7, 75] {layout}, column-major qweight, C={codebook.shape[0]} {part_dtype}, strided bias")
+
+
+def _codebook4_weight(qweight, codebook, scale, group_size, k):
+    from slimops.reference.codebook4 import dequantize_codebook4
+
+    return dequantize_codebook4(qweight.cpu(), codebook.cpu(), scale.cpu(), group_size, k)
+
+
+def _weight_codebook4_linear_slack(x, qweight, codebook, scale, group_size, bias):
+    # fp32 sums over K terms of x * T[q] (scaled per block), the entries rounded to x's dtype on the
+    # Triton path (one more rounding of x's dtype), and a bias of x's dtype rounded once more.
+    k = x.shape[-1]
+    mag = x.cpu().double().abs() @ _codebook4_weight(qweight, codebook, scale, group_size, k).abs().t()
+    out = (2 * EPS[x.dtype] + (k + 4) * EPS[F32]) * mag * 1.01
+    return [out if bias is None else out + EPS[x.dtype] * bias.cpu().double().abs()]
+
+
 # ----------------------------------------------------------------- the table
 
 _ops = slimops.ops
@@ -727,6 +777,14 @@ OP_DB: list[OpInfo] = [
            slack=_weight_int4_linear_slack,
            grad=Grad((0, 5), lambda x, q, s, z, gs, b: _linear64(x, _int4_weight(q, s, z, gs, x.shape[-1]), b),
                      magnitude=lambda x, q, s, z, gs, b: _linear64(x, _int4_weight(q, s, z, gs, x.shape[-1]).abs(), b))),
+    OpInfo("weight_codebook4_linear", _ops.weight_codebook4_linear, weight_codebook4_linear_samples,
+           ref.weight_codebook4_linear, FLOATS, rounding(),
+           exact=lambda x, q, t, s, gs, b: ref.weight_codebook4_linear(x.double(), q, t, s, gs,
+                                                                       None if b is None else b.double()),
+           slack=_weight_codebook4_linear_slack,
+           grad=Grad((0, 5), lambda x, q, t, s, gs, b: _linear64(x, _codebook4_weight(q, t, s, gs, x.shape[-1]), b),
+                     magnitude=lambda x, q, t, s, gs, b: _linear64(
+                         x, _codebook4_weight(q, t, s, gs, x.shape[-1]).abs(), b))),
 ]
 
 OP_DB_BY_NAME = {info.name: info for info in OP_DB}

@@ -8,6 +8,7 @@ The quantized and packed sparse modules answer ``weight`` with a :class:`WeightS
 
 from slimops.nn.half_linear import HalfLinear
 from slimops.nn.int4 import Int4WeightOnlyLinear
+from slimops.nn.codebook import CodebookWeightOnlyLinear
 from slimops.nn.packed import WeightSpec
 from slimops.nn.quantized import (
     Fp8DynamicLinear,
@@ -24,6 +25,7 @@ __all__ = [
     "Fp8DynamicLinear",
     "HalfLinear",
     "Int4WeightOnlyLinear",
+    "CodebookWeightOnlyLinear",
     "Int8DynamicConv2d",
     "Int8DynamicLinear",
     "Int8StaticConv2d",

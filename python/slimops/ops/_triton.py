@@ -34,6 +34,9 @@ def register_triton() -> None:
     from slimops.kernels import block_sparse, clip, fp8, int4, int8_mm, masked_linear, quantize, weight_int8
 
     modules = (block_sparse, clip, fp8, int4, int8_mm, masked_linear, quantize, weight_int8)
+    from slimops.kernels import codebook4
+
+    modules += (codebook4,)
     impls = {}
     for op in _build._C.ops:
         if op["triton"]:

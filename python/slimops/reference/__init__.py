@@ -1,6 +1,7 @@
 """Pure-PyTorch references: the specification every kernel is tested against."""
 
 from slimops.reference.clip import clip_grad_norm_fused_, multi_tensor_norm, multi_tensor_scale_
+from slimops.reference.codebook4 import weight_codebook4_linear
 from slimops.reference.int4 import weight_int4_linear
 from slimops.reference.quant_mm import (
     fp8_dynamic_linear,
@@ -24,4 +25,5 @@ __all__ = [
     "quantize_per_token",
     "weight_int4_linear",
     "weight_int8_linear",
+    "weight_codebook4_linear",
 ]
