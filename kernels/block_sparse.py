@@ -351,6 +351,10 @@ def launch(
 
     nnz, bn, bk = values.shape
     if nnz == 0:  # no stored tile: every block row is empty (and the empty arrays need not have storage)
+        if scale is not None:
+            # as the kernel's epilogue: 0 * scale (NaN for a non-finite scale, as in the reference), then the bias
+            fill = torch.zeros(n, dtype=torch.float32, device=x.device) * scale
+            return out.copy_((fill if bias is None else fill + bias.float()).expand_as(out))
         return out.copy_(bias.expand_as(out)) if bias is not None else out.zero_()
     x2 = x.reshape(m, k)  # [M, K]; a view whenever the leading dims allow one
     decode = m <= _SMALL_M

@@ -101,6 +101,20 @@ def test_all_zero_weight_gives_the_bias():
         assert torch.equal(got, bias.expand(m, 64))
 
 
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_a_non_finite_scale_reaches_its_row_even_without_tiles(backend):
+    # the reference's 0 * inf = NaN; the Triton launcher's no-tile shortcut once gave 0 (tests/ops/fuzz_ops.py)
+    from slimops.ops._triton import triton_usable
+
+    if backend == "triton" and not triton_usable():
+        pytest.skip("Triton's interpreter is not available")
+    values, row_ptr, col_idx, scale = _parts(64, 64, 16, 16, 0.0, seed=1)
+    scale[5] = float("inf")
+    with slimops.use_backend(None if backend == "cpu" else "triton"):
+        got = slimops.ops.block_sparse_int8_linear(torch.randn(3, 64), values, row_ptr, col_idx, scale)
+    assert got[:, 5].isnan().all() and (got[:, :5] == 0).all() and (got[:, 6:] == 0).all()
+
+
 def _err(fn):
     with pytest.raises(RuntimeError) as e:
         fn()
