@@ -10,6 +10,9 @@ medians of ``--repeat`` calls after warm-up):
 * ``dense_int8_w8a16``: slimops ``weight_int8_linear`` on the dense int8 weight (int8 without the sparsity);
 * ``block_sparse_int8``: this op, on the ISA ``auto`` picks.
 
+Each provider's median is taken both in wall time and in the calling thread's CPU time
+(:func:`wall_and_cpu_medians`: why both).
+
 Each row also gives the output SQNR of ``block_sparse_int8`` against the float sparse layer it quantizes
 (``block_sparse_fp32``'s output), on Gaussian weights. Target (issue #17): 64x64 at 75% zero tiles,
 M = 1, >= 6x ``fp32_linear``.
@@ -27,6 +30,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +41,6 @@ from slimops import _measure
 from slimops.info import cpu_name, versions
 from slimops.nn import BlockSparseInt8Linear, BlockSparseLinear
 
-CPU = torch.device("cpu")
 K, N = 4096, 11008
 
 # (block, zero-tile share, M): the target row first, then the issue's other rows.
@@ -56,6 +60,29 @@ def pruned_weight(block: int, zero_share: float, seed: int = 0) -> torch.Tensor:
     keep[torch.randperm(rows * cols, generator=g)[: round(zero_share * rows * cols)]] = False
     mask = keep.reshape(rows, cols).repeat_interleave(block, 0).repeat_interleave(block, 1)
     return torch.randn(N, K, generator=g) * 0.02 * mask
+
+
+def wall_and_cpu_medians(fns, *, warmup: int, repeats: int) -> tuple[list[float], list[float]]:
+    """Median wall and thread-CPU seconds of each of ``fns`` (1 thread: the call runs on this thread), interleaved.
+
+    NOTE: why not only ``_measure.median_seconds`` (wall clock): on this shared 2-core machine at load 6-8 a
+    call is descheduled for other processes' time slices, which inflates a 100 ms call (fp32 ``F.linear``,
+    many slices) far more than a 1 ms one (few), and so inflates the ratio. The thread's CPU time leaves out
+    the time it did not run; the weight streams still compete for memory bandwidth either way.
+    """
+    wall: list[list[float]] = [[] for _ in fns]
+    cpu: list[list[float]] = [[] for _ in fns]
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            w0, c0 = time.perf_counter(), time.thread_time()
+            fn()
+            c1, w1 = time.thread_time(), time.perf_counter()
+            wall[i].append(w1 - w0)
+            cpu[i].append(c1 - c0)
+    return [statistics.median(v) for v in wall], [statistics.median(v) for v in cpu]
 
 
 def row(block: int, zero_share: float, m: int, repeat: int) -> dict:
@@ -78,17 +105,22 @@ def row(block: int, zero_share: float, m: int, repeat: int) -> dict:
         ref = fns["block_sparse_fp32"]()
         sqnr = _measure.sqnr_db(*_measure.signal_and_noise(ref, fns["block_sparse_int8"]()))
         load = os.getloadavg()[0]
-        secs = _measure.median_seconds(list(fns.values()), [CPU] * len(fns), warmup=3, repeats=repeat)
-    t = dict(zip(fns, secs))
+        wall, cpu = wall_and_cpu_medians(list(fns.values()), warmup=3, repeats=repeat)
+    t, c = dict(zip(fns, wall)), dict(zip(fns, cpu))
     return {
         "k": K, "n": N, "m": m, "block": f"{block}x{block}", "zero_tiles": zero_share,
         "stored_tiles": int(v.shape[0]), "threads": torch.get_num_threads(),
         "loadavg_1min_before": round(load, 2),
         "median_us": {name: round(sec * 1e6, 1) for name, sec in t.items()},
+        "median_cpu_us": {name: round(sec * 1e6, 1) for name, sec in c.items()},
         "speedup_vs_fp32_linear": {name: round(t["fp32_linear"] / sec, 2) for name, sec in t.items()
                                    if name != "fp32_linear"},
+        "cpu_time_speedup_vs_fp32_linear": {name: round(c["fp32_linear"] / sec, 2) for name, sec in c.items()
+                                            if name != "fp32_linear"},
         "block_sparse_int8_vs": {name: round(t[name] / t["block_sparse_int8"], 2) for name in t
                                  if name != "block_sparse_int8"},
+        "block_sparse_int8_vs_cpu_time": {name: round(c[name] / c["block_sparse_int8"], 2) for name in c
+                                          if name != "block_sparse_int8"},
         "sqnr_db_vs_float_sparse": round(sqnr, 2),
         "weight_bytes": {"fp32_dense": w.numel() * 4, "block_sparse_fp32": sparse.values.numel() * 4,
                          "dense_int8": q.numel(), "block_sparse_int8": v.numel() + s.numel() * 4},
@@ -108,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu": cpu_name(),
         "versions": versions(),
         "cpu_isa_env": os.environ.get("SLIMOPS_CPU_ISA", "auto"),
-        "note": "shared 2-core machine (other jobs running): interleaved medians; only ratios within a row mean anything",
+        "note": "shared 2-core machine (other jobs running): interleaved medians of wall time and of thread CPU time (the "
+                "CPU-time ratios leave out time-slicing, which inflates long calls more); only ratios within a row mean anything",
         "rows": [],
     }
     for block, zero_share, m in QUICK_ROWS if args.rows == "quick" else ALL_ROWS:
