@@ -68,3 +68,15 @@ def test_cpu_bench_row_fields(monkeypatch):
     assert set(r["median_us"]) == {"fp32_linear", "block_sparse_fp32", "dense_int8_w8a16", "block_sparse_int8"}
     assert r["sqnr_db_vs_float_sparse"] > 35
     assert r["weight_bytes"]["block_sparse_int8"] == 8 * 64 * 64 + 512 * 4
+
+
+def test_accuracy_rows_compare_the_three_granularities(monkeypatch):
+    import sys
+
+    accuracy = _load("block_sparse_int8_accuracy")
+    monkeypatch.setattr(sys.modules["block_sparse_int8_cpu"], "K", 256)
+    monkeypatch.setattr(sys.modules["block_sparse_int8_cpu"], "N", 512)
+    r = accuracy.granularity_row(32)
+    assert (r["k"], r["n"], r["block"]) == (256, 512, "32x32")
+    assert set(r["weight_sqnr_db"]) == {"per_row", "per_tile", "per_tile_row"}
+    assert all(35 < v < 60 for v in r["weight_sqnr_db"].values()), r
