@@ -98,13 +98,6 @@ SLIMOPS_W8A16_AVX512 void rows_avx512(const Problem& p, int64_t r, int64_t j0, i
     }
 }
 
-SLIMOPS_W8A16_AVX2 inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 template <int MR, int NR>
 SLIMOPS_W8A16_AVX2 void rows_avx2(const Problem& p, int64_t r, int64_t j0, int64_t m0) {
   using namespace w8a16;
@@ -127,24 +120,14 @@ SLIMOPS_W8A16_AVX2 void rows_avx2(const Problem& p, int64_t r, int64_t j0, int64
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) {
       const int64_t col = r * p.bn + j0 + j;
-      p.out[(m0 + i) * p.n + col] = hsum256(acc[i][j]) * p.scale[col];
+      p.out[(m0 + i) * p.n + col] = hsum_avx2(acc[i][j]) * p.scale[col];
     }
 }
 
 #pragma GCC diagnostic pop
 #endif  // SLIMOPS_W8A16_X86
 
-enum class Path { kGeneric, kAvx2, kAvx512 };
-
-// The in-register kernels need AVX-512 F/BW/VL (implied by avx512vnni) or AVX2 + FMA.
-Path path_for(CpuIsa isa) {
-  switch (isa) {
-    case CpuIsa::kAvx512Vnni: return Path::kAvx512;
-    case CpuIsa::kAvxVnni:
-    case CpuIsa::kAvx2: return Path::kAvx2;
-    default: return Path::kGeneric;
-  }
-}
+using Path = FmaPath;  // csrc/cpu/cpu_isa.h
 
 // Rows of x per register block, and tile rows per block: MR x NR accumulators + NR weights + 1 x
 // fit the register file (32 zmm: 6 x 4; 16 ymm: 2 x 4 or 4 x 2). NR divides every block_n (16..128).
@@ -196,7 +179,7 @@ at::Tensor block_sparse_int8_linear_cpu(const at::Tensor& x, const at::Tensor& v
                                         const at::Tensor& col_idx, const at::Tensor& scale,
                                         const std::optional<at::Tensor>& bias) {
   // validated: validate_block_sparse_int8_linear (index contents included)
-  const Path path = path_for(chosen_cpu_isa());
+  const Path path = fma_path_for(chosen_cpu_isa());
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // the op has no autograd formula (ops/_autograd.py)
   const MatmulGeometry g = linear_geometry(x, (row_ptr.size(0) - 1) * values.size(1));
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
