@@ -180,18 +180,7 @@ SLIMOPS_INT4_AVX2 void scaled_dots_avx2(const Problem& p, int64_t m0, int64_t n0
 #pragma GCC diagnostic pop
 #endif  // SLIMOPS_INT4_X86
 
-enum class Path { kGeneric, kAvx2, kAvx512 };
-
-// cpu_isa.h names the int8 kernels' ISAs; the int4 kernel needs only AVX-512 F/BW/VL (implied by
-// avx512vnni) or AVX2 + FMA (implied by avxvnni and avx2).
-Path path_for(CpuIsa isa) {
-  switch (isa) {
-    case CpuIsa::kAvx512Vnni: return Path::kAvx512;
-    case CpuIsa::kAvxVnni:
-    case CpuIsa::kAvx2: return Path::kAvx2;
-    default: return Path::kGeneric;
-  }
-}
+using Path = FmaPath;  // csrc/cpu/cpu_isa.h
 
 // scaled dots of a full block (mr x kRowsPerBlock) on the vector paths; partial blocks one output at a time.
 void scaled_dots(Path path, const Problem& p, int64_t m0, int64_t mr, int64_t n0, int64_t nr, float* out) {
@@ -268,7 +257,7 @@ at::Tensor weight_int4_linear_cpu(const at::Tensor& x, const at::Tensor& qweight
                                   const std::optional<at::Tensor>& zero_point, int64_t group_size,
                                   const std::optional<at::Tensor>& bias) {
   // validated: validate_weight_int4_linear
-  const Path path = path_for(chosen_cpu_isa());
+  const Path path = fma_path_for(chosen_cpu_isa());
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // the op has no autograd formula (see quant_mm.cpp)
   MatmulGeometry g = linear_geometry(x, qweight.size(0), scale.size(1));
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());

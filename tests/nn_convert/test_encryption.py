@@ -18,6 +18,7 @@ from torch import nn
 import slimops
 from slimops import cli, encryption
 from slimops.nn import (
+    BlockSparseInt8Linear,
     BlockSparseLinear,
     CodebookWeightOnlyLinear,
     Fp8DynamicLinear,
@@ -109,6 +110,12 @@ MODULE_TYPES = {
                 "sparse_2_4_then_int8",
                 lambda m: slimops.convert(m, [slimops.SparseConfig(0.5, "2:4"), slimops.Int8WeightOnlyConfig()]),
                 Int8WeightOnlyLinear,
+            ),
+            (
+                "sparse_block_then_int8",
+                lambda m: slimops.convert(m, [slimops.SparseConfig(0.75, "block", block_size=16),
+                                              slimops.Int8WeightOnlyConfig()]),
+                BlockSparseInt8Linear,
             ),
             ("masked_linear", pruned, MaskedLinear),
         ]

@@ -702,6 +702,62 @@ def _weight_codebook4_linear_slack(x, qweight, codebook, scale, group_size, bias
     return [out if bias is None else out + EPS[x.dtype] * bias.cpu().double().abs()]
 
 
+# ----------------------------------------------------------------- block-sparse int8 family
+
+# (x shape, N, K's block shape (bn, bk), tile density): M = 1..17 on small odd-ish tiles, every block size,
+# all-zero and all-dense weights, and 3-D x.
+BSI8_CASES = (
+    [((m, 96), 48, (16, 32) if m % 2 else (16, 16), 0.4) for m in range(1, 18)]
+    + [((5, 192), 128, (64, 64), 0.5), ((3, 256), 128, (128, 128), 0.5), ((17, 128), 96, (32, 64), 0.3),
+       ((4, 96), 64, (32, 32), 0.0), ((2, 3, 96), 32, (16, 16), 1.0), ((123, 64), 32, (16, 16), 0.6)]
+)
+
+
+def _bsi8_parts(n, k, bn, bk, density, seed, *, empty_ends=False):
+    """int8 BSR tiles (values never all zero, from -127) and fp32 row scales; ``empty_ends`` drops
+    the first and last block rows' tiles."""
+    g = gen(seed)
+    keep = torch.rand(n // bn, k // bk, generator=g) < density
+    if empty_ends:
+        keep[0] = keep[-1] = False
+    q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    # packed by the tile mask: a kept tile stays stored even if its random values hold zeros
+    mask = keep.repeat_interleave(bn, 0).repeat_interleave(bk, 1)
+    values, row_ptr, col_idx = sref.block_sparse_pack(q, mask, bn, bk)
+    return values, row_ptr, col_idx, _scales(n, seed + 1)
+
+
+def block_sparse_int8_linear_samples(device, dtype, *, seed):
+    for i, (xshape, n, (bn, bk), density) in enumerate(BSI8_CASES):
+        s = _seed(seed, "bsi8", xshape, n, bn, bk, density)
+        x = random_rows(xshape, dtype, "cpu", seed=s) * 2**-8
+        parts = _bsi8_parts(n, xshape[-1], bn, bk, density, s + 1, empty_ends=i % 3 == 0)
+        bias = torch.randn(n, generator=gen(s + 2)).to(dtype) if i % 2 else None
+        yield Sample(_on(device, x, *parts, bias), f"x {xshape} N={n} block {bn}x{bk} density {density}")
+    for layout in LAYOUTS_2D:
+        s = _seed(seed, "bsi8", layout)
+        x = random_rows((7, 96), dtype, "cpu", seed=s, layout=layout) * 2**-8
+        values, row_ptr, col_idx, scale = _bsi8_parts(64, 96, 32, 16, 0.5, s + 1)
+        values = values.transpose(1, 2).contiguous().transpose(1, 2)  # column-major tiles
+        scale = torch.stack((scale, scale + 1)).t().reshape(-1)[::2]  # a strided scale
+        bias = torch.randn(128, generator=gen(s + 3)).to(dtype)[::2]  # a strided bias
+        yield Sample(_on(device, x, values, row_ptr, col_idx, scale, bias),
+                     f"x [7, 96] {layout}, column-major tiles, strided scale and bias")
+
+
+def _bsi8_weight(values, row_ptr, col_idx, scale, k):
+    return _block_dense(values, row_ptr, col_idx, k) * scale.cpu().double()[:, None]
+
+
+def _block_sparse_int8_linear_slack(x, values, row_ptr, col_idx, scale, bias):
+    # Tiles converted exactly; the dot may run in x's dtype on a GPU (the tile and x both in it), fp32
+    # sums over K terms, the scale multiplies once; a bias of x's dtype rounds once more.
+    k = x.shape[-1]
+    mag = x.cpu().double().abs() @ _bsi8_weight(values, row_ptr, col_idx, scale, k).abs().t()
+    out = (2 * EPS[x.dtype] + (k + 3) * EPS[F32]) * mag * 1.01
+    return [out if bias is None else out + EPS[x.dtype] * bias.cpu().double().abs()]
+
+
 # ----------------------------------------------------------------- the table
 
 _ops = slimops.ops
@@ -785,6 +841,14 @@ OP_DB: list[OpInfo] = [
            grad=Grad((0, 5), lambda x, q, t, s, gs, b: _linear64(x, _codebook4_weight(q, t, s, gs, x.shape[-1]), b),
                      magnitude=lambda x, q, t, s, gs, b: _linear64(
                          x, _codebook4_weight(q, t, s, gs, x.shape[-1]).abs(), b))),
+    OpInfo("block_sparse_int8_linear", _ops.block_sparse_int8_linear, block_sparse_int8_linear_samples,
+           ref.block_sparse_int8_linear, FLOATS, rounding(),
+           exact=lambda x, v, rp, ci, s, b: ref.block_sparse_int8_linear(x.double(), v, rp, ci, s,
+                                                                         None if b is None else b.double()),
+           slack=_block_sparse_int8_linear_slack, cuda_graph=False,
+           grad=Grad((0, 5), lambda x, v, rp, ci, s, b: _linear64(x, _bsi8_weight(v, rp, ci, s, x.shape[-1]), b),
+                     magnitude=lambda x, v, rp, ci, s, b: _linear64(
+                         x, _bsi8_weight(v, rp, ci, s, x.shape[-1]).abs(), b))),
 ]
 
 OP_DB_BY_NAME = {info.name: info for info in OP_DB}

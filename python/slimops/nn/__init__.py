@@ -19,6 +19,7 @@ from slimops.nn.quantized import (
 )
 from slimops.nn.quantized_conv import Int8DynamicConv2d, Int8StaticConv2d, ObservedConv2d
 from slimops.nn.sparse import BlockSparseLinear, MaskedConv2d, MaskedLinear, Sparse24Linear
+from slimops.nn.block_sparse_int8 import BlockSparseInt8Linear
 
 __all__ = [
     "BlockSparseLinear",
@@ -37,4 +38,5 @@ __all__ = [
     "ObservedLinear",
     "Sparse24Linear",
     "WeightSpec",
+    "BlockSparseInt8Linear",
 ]

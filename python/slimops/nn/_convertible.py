@@ -61,8 +61,9 @@ def linear_stand_in(module: nn.Module) -> tuple[Callable[[], nn.Linear], str | N
       transposed; its weight's ``.grad``, if any, comes along transposed (gradient pruning
       criteria read it).
     * slimops' sparse layers (:class:`MaskedLinear`, :class:`BlockSparseLinear`,
-      :class:`Sparse24Linear`): their dense weight, zeros included. No slimops kernel
-      fuses sparsity with another format, so the sparse speed-up is lost (a fallback).
+      :class:`Sparse24Linear`): their dense weight, zeros included, for a config with no
+      handler of the sparse layer itself, so the sparse speed-up is lost (a fallback).
+      (``Int8WeightOnlyConfig`` has one for ``BlockSparseLinear``: slimops/quant_block_sparse_int8.py.)
 
     Args:
         module: any module; ``nn.Linear`` itself needs no stand-in (``None``).

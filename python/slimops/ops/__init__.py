@@ -24,6 +24,7 @@ from slimops.ops.sparse import (
     masked_linear_grad_weight,
 )
 from slimops.ops.sparse24 import sparse24_compress, sparse24_linear, sparse24_to_dense
+from slimops.ops.block_sparse_int8 import block_sparse_int8_linear
 from slimops.ops._triton import register_triton
 
 register_triton()
@@ -51,4 +52,5 @@ __all__ = [
     "weight_int4_linear",
     "weight_int8_linear",
     "weight_codebook4_linear",
+    "block_sparse_int8_linear",
 ]

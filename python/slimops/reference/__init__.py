@@ -1,5 +1,6 @@
 """Pure-PyTorch references: the specification every kernel is tested against."""
 
+from slimops.reference.block_sparse_int8 import block_sparse_int8_linear
 from slimops.reference.clip import clip_grad_norm_fused_, multi_tensor_norm, multi_tensor_scale_
 from slimops.reference.codebook4 import weight_codebook4_linear
 from slimops.reference.int4 import weight_int4_linear
@@ -26,4 +27,5 @@ __all__ = [
     "weight_int4_linear",
     "weight_int8_linear",
     "weight_codebook4_linear",
+    "block_sparse_int8_linear",
 ]
