@@ -12,6 +12,7 @@
 // accumulation, one rounding to x's dtype (fp16 or bf16).
 #pragma once
 
+#include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <cstdint>

@@ -49,7 +49,7 @@ namespace slimops {
 namespace decode {
 
 template <int F, int XT, int ROWS, int WARPS, int U, int MT>
-__global__ void __launch_bounds__(WARPS * 32)
+__global__ void __launch_bounds__(WARPS * 32, 1)
     decode_gemv_kernel(const Problem p, int64_t m_begin) {
   constexpr int T = WARPS * 32;
   constexpr int CW = kChunkInputs<F>;

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from slimops import _C
-from slimops.reference.int4 import pack_int4, unpack_int4, weight_int4_linear
+from slimops.reference.decode_gemv import dequantize, random_layer
+from slimops.reference.int4 import unpack_int4, weight_int4_linear
 from slimops.reference.quant_mm import weight_int8_linear
 from tests.backends import gen
 
 FORMATS = tuple(_C._decode_gemv_formats())
 VARIANTS = tuple(_C._decode_gemv_variants())
-NIBBLES = ("int4_asym", "int4_sym", "codebook4")
 
 
 def test_variant_table_is_what_the_header_lists():
@@ -28,31 +28,8 @@ def test_variant_table_is_what_the_header_lists():
 
 def _problem(fmt, n, k, group_size, seed, shared_codebook=False):
     """(qweight, scale, zero_point, codebook, float64 weight [N, K]) of a random layer in `fmt`."""
-    g = gen(seed)
-    if fmt in NIBBLES:
-        groups = -(-k // group_size)
-        q = torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8)
-        scale = torch.rand(n, groups, generator=g) * 0.1 + 0.01
-        col = torch.arange(k) // group_size
-        zero = codebook = None
-        if fmt == "int4_asym":
-            zero = (torch.rand(n, groups, generator=g) * 15).round()  # integer zero points, as quant_int4 stores
-            w = (q.double() - zero.double()[:, col]) * scale.double()[:, col]
-        elif fmt == "int4_sym":
-            w = (q.double() - 8) * scale.double()[:, col]
-        else:
-            codebook = torch.randn(1 if shared_codebook else n, 16, generator=g)
-            rows = torch.zeros(n, dtype=torch.long) if shared_codebook else torch.arange(n)
-            w = codebook.double()[rows[:, None], q.long()] * scale.double()[:, col]
-        return pack_int4(q), scale, zero, codebook, w
-    if fmt == "fp8_channel":
-        q = (torch.randn(n, k, generator=g) * 4).to(torch.float8_e4m3fn)
-        scale = torch.rand(n, 1, generator=g) + 0.5
-        return q, scale, None, None, q.double() * scale.double()
-    q = torch.randint(-128, 128, (n, k), generator=g, dtype=torch.int8)
-    groups = 1 if fmt == "int8_channel" else k // group_size
-    scale = torch.rand(n, groups, generator=g) * 0.01 + 0.001
-    return q, scale, None, None, q.double() * scale.double().repeat_interleave(k // groups, dim=1)
+    q, scale, zero, codebook = random_layer(fmt, n, k, group_size, gen(seed), shared_codebook=shared_codebook)
+    return q, scale, zero, codebook, dequantize(fmt, q, scale, zero, codebook, group_size, k)
 
 
 def _check(out, x, w, bias):
@@ -100,8 +77,9 @@ def test_every_variant_matches_the_reference(poison_empty, fmt, variant):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_the_references_agree(fmt):
-    """The test's float64 weights are the library references' (int8, int4), for the formats they cover."""
+def test_the_reference_weights(fmt):
+    """reference/decode_gemv.py's float64 weights: the library references' (int8, int4), and
+    codebook4 / fp8 from first principles, on a layer small enough to write out."""
     n, k, group_size = SHAPES[fmt]
     q, scale, zero, codebook, w = _problem(fmt, n, k, group_size or k, seed=3)
     x = torch.randn(2, k, generator=gen(4), dtype=torch.float64)
@@ -110,7 +88,13 @@ def test_the_references_agree(fmt):
     elif fmt.startswith("int4"):
         torch.testing.assert_close(weight_int4_linear(x, q, scale, zero, group_size), x @ w.t())
     elif fmt == "codebook4":
-        assert unpack_int4(q, k).shape == (n, k)
+        nib = unpack_int4(q, k)
+        for i, j in ((0, 0), (n - 1, k - 1), (3, 40)):
+            want = codebook[i, int(nib[i, j])].double() * scale[i, j // group_size].double()
+            assert w[i, j].item() == want.item()
+    else:
+        assert torch.equal(w, q.double() * scale.double())
+    assert torch.isfinite(w).all() and (w != 0).any()
 
 
 @pytest.mark.parametrize("shared", [True, False])
