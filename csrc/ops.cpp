@@ -442,5 +442,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("_decode_gemv", &slimops::decode_gemv_cuda, pybind11::arg("format"), pybind11::arg("variant"),
         pybind11::arg("x"), pybind11::arg("qweight"), pybind11::arg("scale"), pybind11::arg("zero_point"),
         pybind11::arg("codebook"), pybind11::arg("bias"), pybind11::arg("group_size"));
+  // Weight-only fp8 decode for Fp8DynamicLinear's routing path "fp8_weight_only" (not a default rule).
+  m.def("_fp8_weight_only_linear", &slimops::fp8_weight_only_linear_cuda, pybind11::arg("x"),
+        pybind11::arg("qweight"), pybind11::arg("scale"), pybind11::arg("bias"));
 #endif
 }

@@ -726,7 +726,9 @@ OP_DB: list[OpInfo] = [
                                                                   None if b is None else b.double()),
            slack=_weight_int4_linear_slack,
            grad=Grad((0, 5), lambda x, q, s, z, gs, b: _linear64(x, _int4_weight(q, s, z, gs, x.shape[-1]), b),
-                     magnitude=lambda x, q, s, z, gs, b: _linear64(x, _int4_weight(q, s, z, gs, x.shape[-1]).abs(), b))),
+                     magnitude=lambda x, q, s, z, gs, b: _linear64(x, _int4_weight(q, s, z, gs, x.shape[-1]).abs(), b)),
+           # its CUDA C++ kernel (the decode GEMV family) stages 16-bit activations; fp32 runs on Triton
+           gpu_dtypes=(F16, BF16)),
 ]
 
 OP_DB_BY_NAME = {info.name: info for info in OP_DB}

@@ -146,3 +146,15 @@ def test_bad_input_names_the_argument(fmt, change, match):
     with pytest.raises(RuntimeError, match=match):
         _run(fmt, args["variant"], args["x"], args["q"], args["scale"], args["zero"], args["codebook"],
              args["bias"], args["group_size"])
+
+
+def test_fp8_weight_only_is_a_path_but_no_default_rule():
+    from slimops.nn import Fp8DynamicLinear, routing
+
+    assert "fp8_weight_only" in routing.PATHS
+    assert not any(r.path == "fp8_weight_only" for r in routing.RULES)  # until the H200 sweep measures it
+    layer = Fp8DynamicLinear.from_float(torch.nn.Linear(32, 8))
+    if not hasattr(_C, "_fp8_weight_only_linear"):
+        rule = routing.Rule("Fp8DynamicLinear", "cpu", 1, 16, "fp8_weight_only", "test")
+        with routing.rules([rule]), pytest.raises(RuntimeError, match="needs slimops built with CUDA kernels"):
+            layer(torch.randn(2, 32))
