@@ -36,8 +36,12 @@
 // What the sweep decides (per format, M and shape): rows per CTA and warps per CTA (bytes in
 // flight against CTAs per SM), the K split (enough CTAs for 132 SMs at N = 4096, against the
 // second pass), loads in flight. Staging all of a split's x costs MT * K / ksplit * 2 bytes of
-// shared memory (352 KB for M = 16, K = 11008 unsplit: refused at launch, the sweep records it)
-// and re-reads x from L2 once per CTA: large M favours more rows per CTA or a split.
+// shared memory (352 KB for M = 16, K = 11008 unsplit: refused at launch, the sweep records it).
+// NOTE (expected weak spot, to be confirmed by the sweep): every CTA re-reads its x slice from L2,
+// MT * 2 bytes per k against ROWS (int8) or ROWS / 2 (int4) weight bytes per k, and stages it with
+// 2-byte loads. At M = 1 that is noise; at M = 16 with 4 rows per CTA x traffic is 8x (int8) the
+// weight's, so M >= 4 likely needs CTAs that keep x staged and loop over several row blocks
+// (a persistent grid), 16-byte staging loads, and the MMA policy.
 #pragma once
 
 #include <cuda_fp16.h>
