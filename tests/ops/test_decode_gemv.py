@@ -69,8 +69,9 @@ def test_every_variant_matches_the_reference(poison_empty, fmt, variant):
     n, k, group_size = SHAPES[fmt]
     q, scale, zero, codebook, w = _problem(fmt, n, k, group_size or k, seed=variant * 31 + len(fmt))
     bias = torch.randn(n, generator=gen(variant + 7))
-    for m in range(1, 18):
-        dtype = torch.float16 if m % 2 else torch.bfloat16
+    # Every tokens-per-CTA template (M = 1, 2, 3-4, 5-8, 9-16, and 17: two chunks) in both dtypes.
+    runs = [(m, torch.float16 if m % 2 else torch.bfloat16) for m in range(1, 18)]
+    for m, dtype in runs + [(1, torch.bfloat16), (2, torch.float16)]:
         x = torch.randn(m, k + 3, generator=gen(m)).to(dtype)[:, :k]  # row-strided: read in place
         out = _run(fmt, variant, x, q, scale, zero, codebook, bias if m % 3 else None, group_size or k)
         _check(out, x, w, bias if m % 3 else None)
