@@ -42,6 +42,7 @@ cuda-check: setup
 	@cxx=$$(sed -n 's/^CMAKE_CXX_COMPILER:[A-Z]*=//p' build/cuda-check/CMakeCache.txt); \
 	host=$$(sed -n 's/^CMAKE_CUDA_HOST_COMPILER:[A-Z]*=//p' build/cuda-check/CMakeCache.txt); \
 	if [ "$$cxx" != "$$host" ]; then echo "nvcc host compiler '$$host' is not the C++ compiler '$$cxx' (see CMakeLists.txt)" >&2; exit 1; fi
+	$(VPY) bench/sass_check.py build/cuda-check --json build/cuda-check/decode-sass.json
 
 clean:
 	rm -rf build dist

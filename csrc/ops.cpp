@@ -25,6 +25,7 @@
 #include "backend.h"
 #include "clip.h"
 #include "codebook4.h"
+#include "decode_gemv.h"
 #include "int4.h"
 #include "quant_mm.h"
 #include "quantize.h"
@@ -247,20 +248,23 @@ constexpr auto weight_int4_linear_op = def(
     Keys::Backends, &weight_int4_linear_cpu,
     [](const Tensor& x, const Tensor& q, const Tensor& s, const OptTensor& z, int64_t gs,
        const OptTensor& bias) -> int64_t { return validate_weight_int4_linear(x, q, s, z, gs, bias).m; },
-    TRITON_ONLY);
+    // The CUDA C++ decode kernel (csrc/cuda/decode_gemv.cu) has never run on a GPU: triton_min_size = 0 keeps
+    // Triton the default at every M (SLIMOPS_BACKEND=cuda forces the kernel); the H200 run of
+    // bench/gpu_check.sh (bench/decode_sweep.py) decides the rule.
+    CUDA_AND_TRITON(weight_int4_linear_cuda, 0, "rows M"));
 
 // W4A16 with a 16-entry codebook (NF4 or k-means): x [..., K] float times w = codebook[c, q] * scale per
 // block of group_size inputs, q 4-bit indices in int4's nibble layout, c = 0 (codebook [1, 16]) or the
 // output row (codebook [N, 16]); python/slimops/reference/codebook4.py. fp32 accumulation, x's dtype.
-// NOTE: Triton only on the GPU until a CUDA C++ decode kernel is measured (the H200 run of
-// bench/gpu_check.sh decides the rule).
 constexpr auto weight_codebook4_linear_op = def(
     "weight_codebook4_linear(Tensor x, Tensor qweight, Tensor codebook, Tensor scale, int group_size, "
     "Tensor? bias=None) -> Tensor",
     Keys::Backends, &weight_codebook4_linear_cpu,
     [](const Tensor& x, const Tensor& q, const Tensor& cb, const Tensor& s, int64_t gs,
        const OptTensor& bias) -> int64_t { return validate_weight_codebook4_linear(x, q, cb, s, gs, bias).m; },
-    TRITON_ONLY);
+    // The CUDA C++ decode kernel (csrc/cuda/decode_gemv.cu) has never run on a GPU: triton_min_size = 0 keeps
+    // Triton the default at every M (SLIMOPS_BACKEND=cuda forces the kernel); the H200 run decides the rule.
+    CUDA_AND_TRITON(weight_codebook4_linear_cuda, 0, "rows M"));
 // Block-sparse int8 weight-only: block_sparse_linear's BSR tiles stored as int8 (values int8
 // [nnz, block_n, block_k]) with one fp32 scale per output row (scale [N]); zero tiles skipped,
 // tiles dequantized in registers, fp32 accumulation, returns x's dtype.
@@ -438,4 +442,36 @@ PYBIND11_MODULE(_C, m) {
   m.def("_choose", [](const std::string& op, int64_t size, bool have_cuda) {
     return static_cast<int>(slimops::choose(slimops::op_backend(op), size, have_cuda));
   });
+  // The decode GEMV family (csrc/decode_gemv.h), not a public op: its variant table, the host
+  // emulator (CPU tensors) and, in a CUDA build, one variant on the GPU (bench/decode_sweep.py).
+  m.def("_decode_gemv_formats", [] {
+    std::vector<std::string> out;
+    for (int f = 0; f < slimops::decode::kNumFormats; ++f) out.emplace_back(slimops::decode::format_name(f));
+    return out;
+  });
+  m.def("_decode_gemv_variants", [] {
+    pybind11::list out;
+    for (int v = 0; v < slimops::decode::kNumVariants; ++v) {
+      const slimops::DecodeVariant d = slimops::decode_variant(v);
+      pybind11::dict row;
+      row["id"] = d.id;
+      row["rows"] = d.rows;
+      row["warps"] = d.warps;
+      row["unroll"] = d.unroll;
+      row["ksplit"] = d.ksplit;
+      out.append(row);
+    }
+    return out;
+  });
+  m.def("_decode_gemv_emulate", &slimops::decode_gemv_emulate, pybind11::arg("format"), pybind11::arg("variant"),
+        pybind11::arg("x"), pybind11::arg("qweight"), pybind11::arg("scale"), pybind11::arg("zero_point"),
+        pybind11::arg("codebook"), pybind11::arg("bias"), pybind11::arg("group_size"));
+#ifdef SLIMOPS_WITH_CUDA
+  m.def("_decode_gemv", &slimops::decode_gemv_cuda, pybind11::arg("format"), pybind11::arg("variant"),
+        pybind11::arg("x"), pybind11::arg("qweight"), pybind11::arg("scale"), pybind11::arg("zero_point"),
+        pybind11::arg("codebook"), pybind11::arg("bias"), pybind11::arg("group_size"));
+  // Weight-only fp8 decode for Fp8DynamicLinear's routing path "fp8_weight_only" (not a default rule).
+  m.def("_fp8_weight_only_linear", &slimops::fp8_weight_only_linear_cuda, pybind11::arg("x"),
+        pybind11::arg("qweight"), pybind11::arg("scale"), pybind11::arg("bias"));
+#endif
 }

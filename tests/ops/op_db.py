@@ -832,7 +832,9 @@ OP_DB: list[OpInfo] = [
                                                                   None if b is None else b.double()),
            slack=_weight_int4_linear_slack,
            grad=Grad((0, 5), lambda x, q, s, z, gs, b: _linear64(x, _int4_weight(q, s, z, gs, x.shape[-1]), b),
-                     magnitude=lambda x, q, s, z, gs, b: _linear64(x, _int4_weight(q, s, z, gs, x.shape[-1]).abs(), b))),
+                     magnitude=lambda x, q, s, z, gs, b: _linear64(x, _int4_weight(q, s, z, gs, x.shape[-1]).abs(), b)),
+           # its CUDA C++ kernel (the decode GEMV family) stages 16-bit activations; fp32 runs on Triton
+           gpu_dtypes=(F16, BF16)),
     OpInfo("weight_codebook4_linear", _ops.weight_codebook4_linear, weight_codebook4_linear_samples,
            ref.weight_codebook4_linear, FLOATS, rounding(),
            exact=lambda x, q, t, s, gs, b: ref.weight_codebook4_linear(x.double(), q, t, s, gs,
@@ -840,7 +842,8 @@ OP_DB: list[OpInfo] = [
            slack=_weight_codebook4_linear_slack,
            grad=Grad((0, 5), lambda x, q, t, s, gs, b: _linear64(x, _codebook4_weight(q, t, s, gs, x.shape[-1]), b),
                      magnitude=lambda x, q, t, s, gs, b: _linear64(
-                         x, _codebook4_weight(q, t, s, gs, x.shape[-1]).abs(), b))),
+                         x, _codebook4_weight(q, t, s, gs, x.shape[-1]).abs(), b)),
+           gpu_dtypes=(F16, BF16)),  # its CUDA C++ kernel (the decode GEMV family) takes 16-bit x
     OpInfo("block_sparse_int8_linear", _ops.block_sparse_int8_linear, block_sparse_int8_linear_samples,
            ref.block_sparse_int8_linear, FLOATS, rounding(),
            exact=lambda x, v, rp, ci, s, b: ref.block_sparse_int8_linear(x.double(), v, rp, ci, s,

@@ -210,6 +210,18 @@ class Fp8DynamicLinear(_QuantizedLinear):
         out = slimops.ops.fp8_dynamic_linear(input, self.qweight, self.weight_scale, self.bias)
         return out[..., : self.out_features] if self._n_pad else out
 
+    def _linear_fp8_weight_only(self, input: torch.Tensor) -> torch.Tensor:
+        """Weight-only fp8 for decode (routing path ``"fp8_weight_only"``, in no default rule yet):
+        the e4m3 weight times the unrounded fp16/bf16 activation, fp32 accumulation. Eager only:
+        ``slimops._C._fp8_weight_only_linear`` is not an op (the lead wires one when measured)."""
+        fn = getattr(slimops._C, "_fp8_weight_only_linear", None)
+        if fn is None:
+            raise RuntimeError("Fp8DynamicLinear: the fp8_weight_only path needs slimops built with CUDA kernels")
+        if self._k_pad:
+            input = F.pad(input, (0, self._k_pad))
+        out = fn(input, self.qweight, self.weight_scale, self.bias)
+        return out[..., : self.out_features] if self._n_pad else out
+
 
 class Int8StaticLinear(_QuantizedLinear):
     """W8A8 with a fixed activation scale: int8 per-channel weight, and one symmetric

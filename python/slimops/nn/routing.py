@@ -8,7 +8,10 @@ a path that computes the same layer faster, within the config's documented error
   no activation rounding, so never less accurate than W8A8;
 * ``"dequantize"``: the weight dequantized into a temporary, then the dense GEMM
   (cuBLAS on a GPU). The temporary lives for one call: the layer's memory does not
-  grow, which is what it was converted for.
+  grow, which is what it was converted for;
+* ``"fp8_weight_only"`` (``Fp8DynamicLinear``, CUDA builds): the e4m3 weight dequantized in
+  registers by the decode GEMV family (csrc/cuda/decode_gemv.cuh), the activation unrounded. No
+  rule names it until bench/decode_sweep.py has measured it on a GPU.
 
 Every rule cites the committed measurement it comes from. The decision is a dict
 lookup and at most a few integer comparisons per call (no timing, no I/O); under
@@ -24,7 +27,7 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator
 
-PATHS = ("kernel", "w8a16", "dequantize")
+PATHS = ("kernel", "w8a16", "dequantize", "fp8_weight_only")
 
 _H200_QUANT = "bench/results/quant-h200-quick-2026-11-28.json"
 
