@@ -248,6 +248,17 @@ constexpr auto weight_int4_linear_op = def(
        const OptTensor& bias) -> int64_t { return validate_weight_int4_linear(x, q, s, z, gs, bias).m; },
     TRITON_ONLY);
 
+// 2:4 + int8 weight-only: the kept values of sparse24_compress as int8 [N, K/2] with one fp32 scale
+// per output row [N], the same meta; y = x (values * scale scattered by meta)^T + bias, fp32
+// accumulation, returns x's dtype.
+constexpr auto sparse24_int8_linear_op = def(
+    "sparse24_int8_linear(Tensor x, Tensor values, Tensor meta, Tensor scale, Tensor? bias=None) -> Tensor",
+    Keys::Backends, &sparse24_int8_linear_cpu,
+    [](const Tensor& x, const Tensor& v, const Tensor& meta, const Tensor& s, const OptTensor& bias) -> int64_t {
+      return validate_sparse24_int8_linear(x, v, meta, s, bias).m;
+    },
+    NO_GPU_KERNEL);
+
 // ------------------------------------------------------------------ what the table generates
 
 std::string op_name(const char* schema) {
@@ -342,7 +353,8 @@ using Ops = Table<quantize_per_token_op, quantize_per_channel_op, dequantize_op,
                   weight_int8_linear_op, quantize_fp8_per_row_op, fp8_dynamic_linear_op, masked_linear_op,
                   masked_linear_grad_input_op, masked_linear_grad_weight_op, block_sparse_pack_op,
                   block_sparse_linear_op, sparse24_compress_op, sparse24_linear_op, multi_tensor_norm_op,
-                  multi_tensor_scale_op, clip_grad_norm_fused_op, weight_int4_linear_op>;
+                  multi_tensor_scale_op, clip_grad_norm_fused_op, weight_int4_linear_op,
+                  sparse24_int8_linear_op>;
 
 }  // namespace
 }  // namespace slimops

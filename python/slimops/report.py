@@ -378,6 +378,7 @@ def weight_sparsity(module: nn.Module) -> float | None:
         Int8WeightOnlyLinear,
         MaskedConv2d,
         MaskedLinear,
+        Sparse24Int8Linear,
         Sparse24Linear,
     )
 
@@ -387,7 +388,7 @@ def weight_sparsity(module: nn.Module) -> float | None:
         return _zero_fraction(torch.where(module.mask.to(w.device), w, torch.zeros((), dtype=w.dtype, device=w.device)))
     if isinstance(module, BlockSparseLinear):
         return _zero_fraction(module.to_dense())
-    if isinstance(module, Sparse24Linear):
+    if isinstance(module, (Sparse24Linear, Sparse24Int8Linear)):
         # The dense weight is `values` scattered into [N, K] with zeros elsewhere (K/2 per row), so
         # its non-zeros are exactly those of `values`.
         nonzero = torch.count_nonzero(module.values).item()

@@ -18,6 +18,7 @@ from slimops.nn.quantized import (
 )
 from slimops.nn.quantized_conv import Int8DynamicConv2d, Int8StaticConv2d, ObservedConv2d
 from slimops.nn.sparse import BlockSparseLinear, MaskedConv2d, MaskedLinear, Sparse24Linear
+from slimops.nn.sparse24_int8 import Sparse24Int8Linear
 
 __all__ = [
     "BlockSparseLinear",
@@ -33,6 +34,7 @@ __all__ = [
     "MaskedLinear",
     "ObservedConv2d",
     "ObservedLinear",
+    "Sparse24Int8Linear",
     "Sparse24Linear",
     "WeightSpec",
 ]

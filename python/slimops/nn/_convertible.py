@@ -61,8 +61,9 @@ def linear_stand_in(module: nn.Module) -> tuple[Callable[[], nn.Linear], str | N
       transposed; its weight's ``.grad``, if any, comes along transposed (gradient pruning
       criteria read it).
     * slimops' sparse layers (:class:`MaskedLinear`, :class:`BlockSparseLinear`,
-      :class:`Sparse24Linear`): their dense weight, zeros included. No slimops kernel
-      fuses sparsity with another format, so the sparse speed-up is lost (a fallback).
+      :class:`Sparse24Linear`): their dense weight, zeros included. The sparse speed-up is
+      lost (a fallback), unless the config has a handler for the sparse type itself, which
+      wins (``Int8WeightOnlyConfig`` on a ``Sparse24Linear``: slimops/quant_sparse24_int8.py).
 
     Args:
         module: any module; ``nn.Linear`` itself needs no stand-in (``None``).

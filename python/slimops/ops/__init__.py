@@ -23,6 +23,7 @@ from slimops.ops.sparse import (
     masked_linear_grad_weight,
 )
 from slimops.ops.sparse24 import sparse24_compress, sparse24_linear, sparse24_to_dense
+from slimops.ops.sparse24_int8 import sparse24_int8_linear
 from slimops.ops._triton import register_triton
 
 register_triton()
@@ -45,6 +46,7 @@ __all__ = [
     "quantize_per_channel",
     "quantize_per_token",
     "sparse24_compress",
+    "sparse24_int8_linear",
     "sparse24_linear",
     "sparse24_to_dense",
     "weight_int4_linear",
