@@ -251,13 +251,16 @@ constexpr auto weight_int4_linear_op = def(
 // 2:4 + int8 weight-only: the kept values of sparse24_compress as int8 [N, K/2] with one fp32 scale
 // per output row [N], the same meta; y = x (values * scale scattered by meta)^T + bias, fp32
 // accumulation, returns x's dtype.
+// NOTE: its CUDA C++ decode GEMV (csrc/cuda/sparse24_int8.cu) has never run; it has no Triton path to
+// stay behind, so the layer (Sparse24Int8Linear) routes CUDA inputs to dequantize + cuBLAS instead
+// (nn/routing.py) until the H200 run (bench/gpu_check.sh) decides.
 constexpr auto sparse24_int8_linear_op = def(
     "sparse24_int8_linear(Tensor x, Tensor values, Tensor meta, Tensor scale, Tensor? bias=None) -> Tensor",
     Keys::Backends, &sparse24_int8_linear_cpu,
     [](const Tensor& x, const Tensor& v, const Tensor& meta, const Tensor& s, const OptTensor& bias) -> int64_t {
       return validate_sparse24_int8_linear(x, v, meta, s, bias).m;
     },
-    NO_GPU_KERNEL);
+    CUDA_ONLY(sparse24_int8_linear_cuda));
 
 // ------------------------------------------------------------------ what the table generates
 

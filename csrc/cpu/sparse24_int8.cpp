@@ -101,6 +101,21 @@ constexpr int64_t kPrefetchBytes = 512;
 // Lane l of a step holds value l of the row: group l / 2, position p(l) = (meta word >> 2l) & 3,
 // so it multiplies x[32 step + 4 (l / 2) + p(l)]: index 4 (l / 2) + p(l) into the 32 x values
 // of the step, which vpermt2ps gathers from two zmm.
+// Whether the 16 meta words (64 bytes: 512 inputs) at p are valid: sparse24::word_ok on 16 lanes.
+SLIMOPS_S24I8_AVX512 inline bool words_ok_avx512(const uint8_t* p) {
+  const __m512i w = _mm512_loadu_si512(p);
+  const __m512i low2 = _mm512_set1_epi32(0x33333333);
+  const __m512i p0 = _mm512_and_si512(w, low2), p1 = _mm512_and_si512(_mm512_srli_epi32(w, 2), low2);
+  const __m512i bit2 = _mm512_set1_epi32(0x44444444);
+  const __m512i t = _mm512_sub_epi32(_mm512_sub_epi32(_mm512_or_si512(p1, bit2), p0), _mm512_set1_epi32(0x11111111));
+  return _mm512_cmpneq_epi32_mask(_mm512_and_si512(t, bit2), bit2) == 0;
+}
+
+// As dots_generic for MR x rows and NR weight rows. Step: 32 inputs = 16 values + 4 meta bytes.
+// Lane l of a step holds value l of the row: group l / 2, position p(l) = (meta word >> 2l) & 3,
+// so it multiplies x[32 step + 4 (l / 2) + p(l)]: index 4 (l / 2) + p(l) into the 32 x values
+// of the step, which vpermt2ps gathers from two zmm. The metadata is checked 64 bytes at a time
+// (16 steps), outside the step: per step, the indices cost a broadcast, a shift and a ternlog.
 template <int MR, int NR>
 SLIMOPS_S24I8_AVX512 bool dots_avx512(const Problem& p, int64_t m0, int64_t n0, float* out) {
   const int64_t lv = p.k / 2, lm = p.k / 8, steps = p.k / 32;
@@ -111,28 +126,37 @@ SLIMOPS_S24I8_AVX512 bool dots_avx512(const Problem& p, int64_t m0, int64_t n0, 
   const __m512i base = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
   const __m512i three = _mm512_set1_epi32(3);
   bool ok = true;
-  for (int64_t st = 0; st < steps; ++st) {
-    __m512 w[NR];
-    __m512i idx[NR];
-#pragma GCC unroll 4
+  for (int64_t st0 = 0; st0 < steps; st0 += 16) {
+    const int64_t st1 = std::min(steps, st0 + 16);
     for (int j = 0; j < NR; ++j) {
-      const int8_t* vr = p.v + (n0 + j) * lv + 16 * st;
-      const uint8_t* mrow = p.meta + (n0 + j) * lm + 4 * st;
-      _mm_prefetch(reinterpret_cast<const char*>(vr + kPrefetchBytes), _MM_HINT_T0);
+      const uint8_t* mrow = p.meta + (n0 + j) * lm + 4 * st0;
       _mm_prefetch(reinterpret_cast<const char*>(mrow + kPrefetchBytes), _MM_HINT_T0);
-      w[j] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vr))));
-      const uint32_t word = load_u32(mrow);
-      ok &= sparse24::word_ok(word);
-      const __m512i pos = _mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32(static_cast<int>(word)), shifts), three);
-      idx[j] = _mm512_add_epi32(pos, base);
+      if (st1 - st0 == 16) {
+        ok &= words_ok_avx512(mrow);
+      } else {
+        for (int64_t st = st0; st < st1; ++st) ok &= sparse24::word_ok(load_u32(mrow + 4 * (st - st0)));
+      }
     }
+    for (int64_t st = st0; st < st1; ++st) {
+      __m512 w[NR];
+      __m512i idx[NR];
 #pragma GCC unroll 4
-    for (int i = 0; i < MR; ++i) {
-      const float* xr = p.x + (m0 + i) * p.k + 32 * st;
-      const __m512 x0 = _mm512_loadu_ps(xr), x1 = _mm512_loadu_ps(xr + 16);
+      for (int j = 0; j < NR; ++j) {
+        const int8_t* vr = p.v + (n0 + j) * lv + 16 * st;
+        if ((st & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(vr + kPrefetchBytes), _MM_HINT_T0);
+        w[j] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vr))));
+        const int word = static_cast<int>(load_u32(p.meta + (n0 + j) * lm + 4 * st));
+        // (shifted & 3) | base in one ternlog (0xEA: (a & b) | c); base lanes are multiples of 4.
+        idx[j] = _mm512_ternarylogic_epi32(_mm512_srlv_epi32(_mm512_set1_epi32(word), shifts), three, base, 0xEA);
+      }
 #pragma GCC unroll 4
-      for (int j = 0; j < NR; ++j)
-        acc[i][j] = _mm512_fmadd_ps(_mm512_permutex2var_ps(x0, idx[j], x1), w[j], acc[i][j]);
+      for (int i = 0; i < MR; ++i) {
+        const float* xr = p.x + (m0 + i) * p.k + 32 * st;
+        const __m512 x0 = _mm512_loadu_ps(xr), x1 = _mm512_loadu_ps(xr + 16);
+#pragma GCC unroll 4
+        for (int j = 0; j < NR; ++j)
+          acc[i][j] = _mm512_fmadd_ps(_mm512_permutex2var_ps(x0, idx[j], x1), w[j], acc[i][j]);
+      }
     }
   }
   // The last K % 32 inputs (0, 8, 16 or 24): scalar.
