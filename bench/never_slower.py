@@ -64,6 +64,7 @@ def modules() -> dict[str, Callable[[nn.Linear, torch.Tensor], nn.Module]]:
         "Int8WeightOnlyLinear": _convert(slimops.Int8WeightOnlyConfig()),
         "Int8WeightOnlyLinear-g128": _convert(slimops.Int8WeightOnlyConfig(group_size=128)),
         "Int4WeightOnlyLinear-g128": _convert(slimops.Int4WeightOnlyConfig(group_size=128)),
+        "CodebookWeightOnlyLinear-nf4-g64": _convert(slimops.CodebookWeightOnlyConfig()),
         "Fp8DynamicLinear": _convert(slimops.Fp8DynamicConfig()),
         "Int8StaticLinear": _int8_static,
         "HalfLinear": _convert(slimops.HalfConfig(torch.bfloat16)),

@@ -4,10 +4,9 @@
 
 namespace slimops {
 
-MatmulGeometry validate_weight_int4_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
-                                           const std::optional<at::Tensor>& zero_point, int64_t group_size,
-                                           const std::optional<at::Tensor>& bias) {
-  const char* op = "weight_int4_linear";
+MatmulGeometry validate_nibble_weight(const char* op, const at::Tensor& x, const at::Tensor& qweight,
+                                      const at::Tensor& scale, int64_t group_size,
+                                      const std::optional<at::Tensor>& bias) {
   check_float_input(x, op, "x");
   SLIMOPS_CHECK(x.dim() >= 1, op, "x must have at least 1 dimension [..., K], got a 0-d tensor");
   MatmulGeometry g = linear_geometry(x, 0);
@@ -28,12 +27,6 @@ MatmulGeometry validate_weight_int4_linear(const at::Tensor& x, const at::Tensor
   SLIMOPS_CHECK(scale.dim() == 2 && scale.size(0) == g.n && scale.size(1) == g.groups, op, "scale must be [", g.n,
                 ", ", g.groups, "] (one per group of ", group_size, " inputs, ceil(K / group_size) groups), got shape ",
                 scale.sizes());
-  if (zero_point.has_value()) {
-    check_float_input(*zero_point, op, "zero_point");
-    SLIMOPS_CHECK(zero_point->sizes() == scale.sizes(), op, "zero_point must have scale's shape [", g.n, ", ",
-                  g.groups, "], got shape ", zero_point->sizes());
-    check_same_device(x, *zero_point, op, "x", "zero_point");
-  }
   check_same_device(x, qweight, op, "x", "qweight");
   check_same_device(x, scale, op, "x", "scale");
   if (bias.has_value()) {
@@ -41,6 +34,20 @@ MatmulGeometry validate_weight_int4_linear(const at::Tensor& x, const at::Tensor
     SLIMOPS_CHECK(bias->dim() == 1 && bias->size(0) == g.n, op, "bias must have shape [", g.n,
                   "] (out_features), got ", bias->sizes());
     check_same_device(x, *bias, op, "x", "bias");
+  }
+  return g;
+}
+
+MatmulGeometry validate_weight_int4_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scale,
+                                           const std::optional<at::Tensor>& zero_point, int64_t group_size,
+                                           const std::optional<at::Tensor>& bias) {
+  const char* op = "weight_int4_linear";
+  const MatmulGeometry g = validate_nibble_weight(op, x, qweight, scale, group_size, bias);
+  if (zero_point.has_value()) {
+    check_float_input(*zero_point, op, "zero_point");
+    SLIMOPS_CHECK(zero_point->sizes() == scale.sizes(), op, "zero_point must have scale's shape [", g.n, ", ",
+                  g.groups, "], got shape ", zero_point->sizes());
+    check_same_device(x, *zero_point, op, "x", "zero_point");
   }
   return g;
 }

@@ -17,6 +17,13 @@ namespace slimops {
 // Inputs per packed chunk: 16 bytes hold 32 int4 weights.
 constexpr int64_t kInt4Chunk = 32;
 
+// The checks every 4-bit packed weight op shares (int4, codebook4), with `op` in the messages:
+// x float [..., K] (K >= 1); group_size a positive multiple of 32; qweight uint8 [N, ceil(K / 32) * 16];
+// scale float [N, ceil(K / group_size)]; bias float [N] or none; all on x's device.
+MatmulGeometry validate_nibble_weight(const char* op, const at::Tensor& x, const at::Tensor& qweight,
+                                      const at::Tensor& scale, int64_t group_size,
+                                      const std::optional<at::Tensor>& bias);
+
 // weight_int4_linear: x float [..., K]; qweight uint8 [N, ceil(K / 32) * 16]; scale float
 // [N, ceil(K / group_size)]; zero_point float [N, groups] or none (symmetric: 8); group_size a
 // positive multiple of 32; bias float [N] or none. Returns the geometry (groups = scale's columns).

@@ -24,6 +24,7 @@
 
 #include "backend.h"
 #include "clip.h"
+#include "codebook4.h"
 #include "int4.h"
 #include "quant_mm.h"
 #include "quantize.h"
@@ -248,6 +249,31 @@ constexpr auto weight_int4_linear_op = def(
        const OptTensor& bias) -> int64_t { return validate_weight_int4_linear(x, q, s, z, gs, bias).m; },
     TRITON_ONLY);
 
+// W4A16 with a 16-entry codebook (NF4 or k-means): x [..., K] float times w = codebook[c, q] * scale per
+// block of group_size inputs, q 4-bit indices in int4's nibble layout, c = 0 (codebook [1, 16]) or the
+// output row (codebook [N, 16]); python/slimops/reference/codebook4.py. fp32 accumulation, x's dtype.
+// NOTE: Triton only on the GPU until a CUDA C++ decode kernel is measured (the H200 run of
+// bench/gpu_check.sh decides the rule).
+constexpr auto weight_codebook4_linear_op = def(
+    "weight_codebook4_linear(Tensor x, Tensor qweight, Tensor codebook, Tensor scale, int group_size, "
+    "Tensor? bias=None) -> Tensor",
+    Keys::Backends, &weight_codebook4_linear_cpu,
+    [](const Tensor& x, const Tensor& q, const Tensor& cb, const Tensor& s, int64_t gs,
+       const OptTensor& bias) -> int64_t { return validate_weight_codebook4_linear(x, q, cb, s, gs, bias).m; },
+    TRITON_ONLY);
+// Block-sparse int8 weight-only: block_sparse_linear's BSR tiles stored as int8 (values int8
+// [nnz, block_n, block_k]) with one fp32 scale per output row (scale [N]); zero tiles skipped,
+// tiles dequantized in registers, fp32 accumulation, returns x's dtype.
+// Rule: triton_min_size 0 keeps Triton the GPU path at every M (SLIMOPS_BACKEND=cuda forces the
+// CUDA C++ decode kernel, csrc/cuda/block_sparse_int8.cu, M <= 16 only). That kernel has never
+// run: the H200 run (bench/gpu_check.sh, bench/block_sparse_int8_sweep.py) decides the rule.
+constexpr auto block_sparse_int8_linear_op = def(
+    "block_sparse_int8_linear(Tensor x, Tensor values, Tensor row_ptr, Tensor col_idx, Tensor scale, "
+    "Tensor? bias=None) -> Tensor",
+    Keys::Backends, &block_sparse_int8_linear_cpu,
+    [](const Tensor& x, const Tensor& v, const Tensor& rp, const Tensor& ci, const Tensor& s,
+       const OptTensor& bias) -> int64_t { return validate_block_sparse_int8_linear(x, v, rp, ci, s, bias).m; },
+    CUDA_AND_TRITON(block_sparse_int8_linear_cuda, 0, "rows M"));
 // 2:4 + int8 weight-only: the kept values of sparse24_compress as int8 [N, K/2] with one fp32 scale
 // per output row [N], the same meta; y = x (values * scale scattered by meta)^T + bias, fp32
 // accumulation, returns x's dtype.
@@ -357,6 +383,7 @@ using Ops = Table<quantize_per_token_op, quantize_per_channel_op, dequantize_op,
                   masked_linear_grad_input_op, masked_linear_grad_weight_op, block_sparse_pack_op,
                   block_sparse_linear_op, sparse24_compress_op, sparse24_linear_op, multi_tensor_norm_op,
                   multi_tensor_scale_op, clip_grad_norm_fused_op, weight_int4_linear_op,
+                  weight_codebook4_linear_op, block_sparse_int8_linear_op,
                   sparse24_int8_linear_op>;
 
 }  // namespace

@@ -113,8 +113,8 @@ bool has_host_data(const at::Tensor& t) { return t.is_cpu() && t.has_storage() &
 // call (every decode step); the Triton kernel clamps row_ptr to [0, nnz] and
 // skips tiles whose col_idx is out of range instead (kernels/block_sparse.py), so a
 // malformed array cannot read out of bounds there either.
-void check_bsr_indices(const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t nnz, int64_t tile_cols) {
-  const char* op = "block_sparse_linear";
+void check_bsr_indices(const char* op, const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t nnz,
+                       int64_t tile_cols) {
   const int32_t* rp = row_ptr.const_data_ptr<int32_t>();
   const int64_t rows = row_ptr.numel() - 1;
   SLIMOPS_CHECK(rp[0] == 0 && rp[rows] == nnz, op, "row_ptr must start at 0 and end at nnz = ", nnz, ", got ", rp[0],
@@ -130,16 +130,11 @@ void check_bsr_indices(const at::Tensor& row_ptr, const at::Tensor& col_idx, int
   }
 }
 
-}  // namespace
-
-MatmulGeometry validate_block_sparse_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
-                                            const at::Tensor& col_idx, const std::optional<at::Tensor>& bias) {
-  const char* op = "block_sparse_linear";
-  check_float_input(x, op, "x");
-  SLIMOPS_CHECK(x.dim() >= 1, op, "x must have at least 1 dimension [..., K], got a 0-d tensor");
-  SLIMOPS_CHECK(values.dim() == 3, op, "values must be [nnz, block_n, block_k], got ", values.sizes());
-  SLIMOPS_CHECK(values.scalar_type() == x.scalar_type(), op, "values must have x's dtype ", x.scalar_type(), ", got ",
-                values.scalar_type());
+// The BSR arguments every block-sparse linear shares (x, the tile shape, the index arrays and
+// their contents, bias), whatever the values' element type; the callers check that type.
+MatmulGeometry validate_bsr_linear(const char* op, const at::Tensor& x, const at::Tensor& values,
+                                   const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                                   const std::optional<at::Tensor>& bias) {
   SLIMOPS_CHECK(is_block_size(values.size(1)), op, "values' block_n must be one of (16, 32, 64, 128), got ",
                 values.size(1));
   SLIMOPS_CHECK(is_block_size(values.size(2)), op, "values' block_k must be one of (16, 32, 64, 128), got ",
@@ -158,9 +153,38 @@ MatmulGeometry validate_block_sparse_linear(const at::Tensor& x, const at::Tenso
   const int64_t n = (row_ptr.size(0) - 1) * values.size(1);
   check_bias(bias, n, x, op);
   if (has_host_data(row_ptr) && (values.size(0) == 0 || has_host_data(col_idx))) {
-    check_bsr_indices(row_ptr.contiguous(), col_idx.contiguous(), values.size(0), k / values.size(2));
+    check_bsr_indices(op, row_ptr.contiguous(), col_idx.contiguous(), values.size(0), k / values.size(2));
   }
   return {leading_rows(x), n, k, 1};
+}
+
+}  // namespace
+
+MatmulGeometry validate_block_sparse_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
+                                            const at::Tensor& col_idx, const std::optional<at::Tensor>& bias) {
+  const char* op = "block_sparse_linear";
+  check_float_input(x, op, "x");
+  SLIMOPS_CHECK(x.dim() >= 1, op, "x must have at least 1 dimension [..., K], got a 0-d tensor");
+  SLIMOPS_CHECK(values.dim() == 3, op, "values must be [nnz, block_n, block_k], got ", values.sizes());
+  SLIMOPS_CHECK(values.scalar_type() == x.scalar_type(), op, "values must have x's dtype ", x.scalar_type(), ", got ",
+                values.scalar_type());
+  return validate_bsr_linear(op, x, values, row_ptr, col_idx, bias);
+}
+
+MatmulGeometry validate_block_sparse_int8_linear(const at::Tensor& x, const at::Tensor& values,
+                                                 const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                                                 const at::Tensor& scale, const std::optional<at::Tensor>& bias) {
+  const char* op = "block_sparse_int8_linear";
+  check_float_input(x, op, "x");
+  SLIMOPS_CHECK(x.dim() >= 1, op, "x must have at least 1 dimension [..., K], got a 0-d tensor");
+  SLIMOPS_CHECK(values.dim() == 3, op, "values must be int8 [nnz, block_n, block_k], got ", values.sizes());
+  check_dtype(values, at::kChar, op, "values");
+  const MatmulGeometry g = validate_bsr_linear(op, x, values, row_ptr, col_idx, bias);
+  check_dtype(scale, at::kFloat, op, "scale");
+  SLIMOPS_CHECK(scale.dim() == 1 && scale.size(0) == g.n, op, "scale must be fp32 [", g.n,
+                "] (one per output row, N = (row_ptr.numel() - 1) * block_n), got shape ", scale.sizes());
+  check_same_device(x, scale, op, "x", "scale");
+  return g;
 }
 
 // Device-agnostic: the same ATen ops as the reference, so CPU and CUDA weights pack alike.

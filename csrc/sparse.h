@@ -23,6 +23,10 @@ void validate_block_sparse_pack(const at::Tensor& weight, const std::optional<at
                                 int64_t block_k);
 MatmulGeometry validate_block_sparse_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
                                             const at::Tensor& col_idx, const std::optional<at::Tensor>& bias);
+// block_sparse_int8_linear: the BSR checks of block_sparse_linear with int8 values, plus scale fp32 [N].
+MatmulGeometry validate_block_sparse_int8_linear(const at::Tensor& x, const at::Tensor& values,
+                                                 const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                                                 const at::Tensor& scale, const std::optional<at::Tensor>& bias);
 
 // ---------------------------------------------------------------- every device (csrc/sparse.cpp)
 std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_pack(const at::Tensor& weight,
@@ -36,5 +40,15 @@ at::Tensor masked_linear_grad_input_cpu(const at::Tensor& grad, const at::Tensor
 at::Tensor masked_linear_grad_weight_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mask);
 at::Tensor block_sparse_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
                                    const at::Tensor& col_idx, const std::optional<at::Tensor>& bias);
+
+// ---------------------------------------------------------------- CPU (csrc/cpu/block_sparse_int8.cpp)
+at::Tensor block_sparse_int8_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
+                                        const at::Tensor& col_idx, const at::Tensor& scale,
+                                        const std::optional<at::Tensor>& bias);
+
+// ---------------------------------------------------------------- CUDA (csrc/cuda/block_sparse_int8.cu)
+at::Tensor block_sparse_int8_linear_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& row_ptr,
+                                         const at::Tensor& col_idx, const at::Tensor& scale,
+                                         const std::optional<at::Tensor>& bias);
 
 }  // namespace slimops

@@ -195,6 +195,7 @@ def _block_sparse_linear_kernel(
     row_ptr_ptr,  # [N / BLOCK_N + 1] int32
     col_ptr,  # [nnz] int32
     b_ptr,  # [N] float bias (read only when HAS_BIAS)
+    s_ptr,  # [N] fp32 per-row scale of int8 values (read only when HAS_SCALE)
     out_ptr,  # [M, N] x.dtype, contiguous
     M,
     N,
@@ -209,7 +210,9 @@ def _block_sparse_linear_kernel(
     stride_rp,
     stride_ci,
     stride_b,
+    stride_s,
     HAS_BIAS: tl.constexpr,
+    HAS_SCALE: tl.constexpr,  # int8 values (block_sparse_int8_linear): converted in registers, scaled per row
     IEEE_DOT: tl.constexpr,  # x is fp32
     SWAP_AB: tl.constexpr,  # the program's tile is out^T [BLOCK_N, BLOCK_M] (always at decode)
     BLOCK_M: tl.constexpr,
@@ -263,7 +266,8 @@ def _block_sparse_linear_kernel(
         x_in = m_mask & (cols_m >= 0) & (cols_m < num_col_tiles)
         x_off = col.to(tl.int64) * (BLOCK_K * stride_xk)
         for kk in tl.static_range(0, BLOCK_K, SUB_K):
-            v = tl.load(v_ptrs + kk * stride_vk)
+            # int8 tiles become x's dtype here, in registers (exact: |q| <= 127); a no-op for float tiles
+            v = tl.load(v_ptrs + kk * stride_vk).to(x_ptr.dtype.element_ty)
             if SWAP_AB:
                 xt = tl.load(x_ptrs + (x_off + kk * stride_xk), mask=x_in[None, :], other=0.0)
                 acc = dot(v, xt, acc, IEEE_DOT)
@@ -275,6 +279,8 @@ def _block_sparse_linear_kernel(
 
     # Epilogue in fp32: bias, then one rounding to x.dtype. N is whole block rows: no N mask.
     cols = pid_r * BLOCK_N + offs_n
+    if HAS_SCALE:
+        acc *= along_n(tl.load(s_ptr + cols * stride_s), SWAP_AB)
     if HAS_BIAS:
         acc += along_n(tl.load(b_ptr + cols * stride_b).to(tl.float32), SWAP_AB)
     store_tile(out_ptr, acc, offs_m, cols, m_mask, None, N, SWAP_AB)
@@ -324,6 +330,19 @@ def block_sparse_linear(
 
     NOTE: the arguments are trusted: ``torch.ops.slimops.block_sparse_linear`` checks them (in C++) before calling this.
     """
+    return launch(x, values, row_ptr, col_idx, None, bias)
+
+
+def launch(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    row_ptr: torch.Tensor,
+    col_idx: torch.Tensor,
+    scale: torch.Tensor | None,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """The one launcher of the BSR kernel: float tiles (``scale`` None) or int8 tiles with fp32 ``scale [N]``
+    (:mod:`slimops.kernels.block_sparse_int8`). Arguments trusted, as above."""
     k, n = x.shape[-1], (row_ptr.shape[0] - 1) * values.shape[1]
     m = math.prod(x.shape[:-1])
     out = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
@@ -332,6 +351,10 @@ def block_sparse_linear(
 
     nnz, bn, bk = values.shape
     if nnz == 0:  # no stored tile: every block row is empty (and the empty arrays need not have storage)
+        if scale is not None:
+            # as the kernel's epilogue: 0 * scale (NaN for a non-finite scale, as in the reference), then the bias
+            fill = torch.zeros(n, dtype=torch.float32, device=x.device) * scale
+            return out.copy_((fill if bias is None else fill + bias.float()).expand_as(out))
         return out.copy_(bias.expand_as(out)) if bias is not None else out.zero_()
     x2 = x.reshape(m, k)  # [M, K]; a view whenever the leading dims allow one
     decode = m <= _SMALL_M
@@ -355,6 +378,7 @@ def block_sparse_linear(
             row_ptr,
             col_idx,
             bias if bias is not None else values,  # placeholder pointer when absent
+            scale if scale is not None else values,
             out,
             m,
             n,
@@ -369,7 +393,9 @@ def block_sparse_linear(
             row_ptr.stride(0),
             col_idx.stride(0),
             bias.stride(0) if bias is not None else 0,
+            scale.stride(0) if scale is not None else 0,
             HAS_BIAS=bias is not None,
+            HAS_SCALE=scale is not None,
             GROUP_M=_GROUP_M,
             **consts,
             **meta,

@@ -75,4 +75,17 @@ inline CpuIsa chosen_cpu_isa() {
   TORCH_CHECK(false, "slimops: SLIMOPS_CPU_ISA must be auto, avx512vnni, avxvnni, avx2 or generic, got '", v, "'");
 }
 
+// The fp32-FMA kernels that convert weights in registers (int4, block-sparse int8) need only AVX-512
+// F/BW/VL (implied by avx512vnni) or AVX2 + FMA (implied by avxvnni and avx2): their path for an ISA.
+enum class FmaPath { kGeneric, kAvx2, kAvx512 };
+
+inline FmaPath fma_path_for(CpuIsa isa) {
+  switch (isa) {
+    case CpuIsa::kAvx512Vnni: return FmaPath::kAvx512;
+    case CpuIsa::kAvxVnni:
+    case CpuIsa::kAvx2: return FmaPath::kAvx2;
+    default: return FmaPath::kGeneric;
+  }
+}
+
 }  // namespace slimops

@@ -20,24 +20,18 @@
 // is dequantized a block of rows at a time into fp32 and handed to ATen's GEMM (prefill sizes
 // are compute bound, where the GEMM wins).
 #include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mm.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
 #include "cpu/cpu_isa.h"
+#include "cpu/nibbles.h"
 #include "int4.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define SLIMOPS_INT4_X86 1
-#else
-#define SLIMOPS_INT4_X86 0
-#endif
+#define SLIMOPS_INT4_X86 SLIMOPS_NIBBLES_X86
 
 namespace slimops {
 namespace {
@@ -95,10 +89,6 @@ void scaled_dots_generic(const Problem& p, int64_t m0, int64_t mr, int64_t n0, i
 #define SLIMOPS_INT4_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
 #define SLIMOPS_INT4_AVX2 __attribute__((target("avx2,fma")))
 
-// NOTE: the hardware prefetcher alone left the M = 1 loop at ~7 GB/s of weights (fp32's GEMV streams
-// ~19 GB/s on the same core): each weight row is its own stream, so fetch ahead explicitly.
-constexpr int64_t kPrefetchBytes = 512;
-
 SLIMOPS_INT4_AVX512 inline float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
 
 // As scaled_dots_generic for MR rows of x and NR weight rows. Per chunk, 16 bytes of each
@@ -109,7 +99,6 @@ SLIMOPS_INT4_AVX512 void scaled_dots_avx512(const Problem& p, int64_t m0, int64_
   __m512 total[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) total[i][j] = _mm512_setzero_ps();
-  const __m512i mask = _mm512_set1_epi32(0x0F);
   const int64_t full_end = p.k / kInt4Chunk * kInt4Chunk;
   for (int64_t k0 = 0, g = 0; k0 < full_end; k0 += p.group_size, ++g) {
     const int64_t k1 = std::min(full_end, k0 + p.group_size);
@@ -120,11 +109,11 @@ SLIMOPS_INT4_AVX512 void scaled_dots_avx512(const Problem& p, int64_t m0, int64_
       __m512 lo[NR], hi[NR];
 #pragma GCC unroll 4
       for (int j = 0; j < NR; ++j) {
-        _mm_prefetch(reinterpret_cast<const char*>(p.q + (n0 + j) * p.bytes + c / 2 + kPrefetchBytes), _MM_HINT_T0);
-        const __m512i b = _mm512_cvtepu8_epi32(
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(p.q + (n0 + j) * p.bytes + c / 2)));
-        lo[j] = _mm512_cvtepi32_ps(_mm512_and_si512(b, mask));
-        hi[j] = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
+        _mm_prefetch(reinterpret_cast<const char*>(p.q + (n0 + j) * p.bytes + c / 2 + kNibblePrefetchBytes), _MM_HINT_T0);
+        __m512i lo_q, hi_q;
+        unpack_nibbles_avx512(p.q + (n0 + j) * p.bytes + c / 2, lo_q, hi_q);
+        lo[j] = _mm512_cvtepi32_ps(lo_q);
+        hi[j] = _mm512_cvtepi32_ps(hi_q);
       }
 #pragma GCC unroll 4
       for (int i = 0; i < MR; ++i) {
@@ -144,13 +133,6 @@ SLIMOPS_INT4_AVX512 void scaled_dots_avx512(const Problem& p, int64_t m0, int64_
     for (int j = 0; j < NR; ++j) out[i * NR + j] = hsum512(total[i][j]);
 }
 
-SLIMOPS_INT4_AVX2 inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // As scaled_dots_avx512 with 8 bytes per step: bytes h..h+7 of a chunk give inputs c+h..c+h+7
 // (low nibbles) and c+16+h..c+16+h+7 (high).
 template <int MR, int NR>
@@ -158,7 +140,6 @@ SLIMOPS_INT4_AVX2 void scaled_dots_avx2(const Problem& p, int64_t m0, int64_t n0
   __m256 total[MR][NR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j) total[i][j] = _mm256_setzero_ps();
-  const __m256i mask = _mm256_set1_epi32(0x0F);
   const int64_t full_end = p.k / kInt4Chunk * kInt4Chunk;
   for (int64_t k0 = 0, g = 0; k0 < full_end; k0 += p.group_size, ++g) {
     const int64_t k1 = std::min(full_end, k0 + p.group_size);
@@ -171,11 +152,11 @@ SLIMOPS_INT4_AVX2 void scaled_dots_avx2(const Problem& p, int64_t m0, int64_t n0
 #pragma GCC unroll 4
         for (int j = 0; j < NR; ++j) {
           if (h == 0)
-            _mm_prefetch(reinterpret_cast<const char*>(p.q + (n0 + j) * p.bytes + c / 2 + kPrefetchBytes), _MM_HINT_T0);
-          const __m256i b = _mm256_cvtepu8_epi32(
-              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p.q + (n0 + j) * p.bytes + c / 2 + h)));
-          lo[j] = _mm256_cvtepi32_ps(_mm256_and_si256(b, mask));
-          hi[j] = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
+            _mm_prefetch(reinterpret_cast<const char*>(p.q + (n0 + j) * p.bytes + c / 2 + kNibblePrefetchBytes), _MM_HINT_T0);
+          __m256i lo_q, hi_q;
+          unpack_nibbles_avx2(p.q + (n0 + j) * p.bytes + c / 2 + h, lo_q, hi_q);
+          lo[j] = _mm256_cvtepi32_ps(lo_q);
+          hi[j] = _mm256_cvtepi32_ps(hi_q);
         }
 #pragma GCC unroll 4
         for (int i = 0; i < MR; ++i) {
@@ -199,18 +180,7 @@ SLIMOPS_INT4_AVX2 void scaled_dots_avx2(const Problem& p, int64_t m0, int64_t n0
 #pragma GCC diagnostic pop
 #endif  // SLIMOPS_INT4_X86
 
-enum class Path { kGeneric, kAvx2, kAvx512 };
-
-// cpu_isa.h names the int8 kernels' ISAs; the int4 kernel needs only AVX-512 F/BW/VL (implied by
-// avx512vnni) or AVX2 + FMA (implied by avxvnni and avx2).
-Path path_for(CpuIsa isa) {
-  switch (isa) {
-    case CpuIsa::kAvx512Vnni: return Path::kAvx512;
-    case CpuIsa::kAvxVnni:
-    case CpuIsa::kAvx2: return Path::kAvx2;
-    default: return Path::kGeneric;
-  }
-}
+using Path = FmaPath;  // csrc/cpu/cpu_isa.h
 
 // scaled dots of a full block (mr x kRowsPerBlock) on the vector paths; partial blocks one output at a time.
 void scaled_dots(Path path, const Problem& p, int64_t m0, int64_t mr, int64_t n0, int64_t nr, float* out) {
@@ -275,30 +245,10 @@ void gemv_in_registers(Path path, const Problem& p, float* out) {
 void dequantize_row(const Problem& p, int64_t row, float* dst) {
   const uint8_t* q = p.q + row * p.bytes;
   for (int64_t k = 0; k < p.k; ++k) {
-    const int64_t c = k / kInt4Chunk * kInt4Chunk, i = k - c;
-    const uint8_t b = q[c / 2 + (i & 15)];
-    const float v = static_cast<float>(i < 16 ? (b & 0x0F) : (b >> 4));
     const int64_t g = k / p.group_size;
     const float z = p.z == nullptr ? 8.f : p.z[row * p.groups + g];
-    dst[k] = (v - z) * p.s[row * p.groups + g];
+    dst[k] = (static_cast<float>(nibble_at(q, k)) - z) * p.s[row * p.groups + g];
   }
-}
-
-// out^T [N, M] fp32 by blocks of dequantized weight rows times x^T (ATen's GEMM, one thread per block).
-void dequantize_and_mm(const Problem& p, const at::Tensor& x32, at::Tensor& out_t) {
-  const int64_t blocks = (p.n + kDequantRows - 1) / kDequantRows;
-  // ATen ops on worker threads must see the caller's thread-local state; OpenMP workers do not inherit it.
-  const at::ThreadLocalState caller_state;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    at::ThreadLocalStateGuard state_guard(caller_state);
-    at::Tensor deq = at::empty({kDequantRows, p.k}, x32.options());
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t n0 = blk * kDequantRows, rows = std::min(kDequantRows, p.n - n0);
-      for (int64_t r = 0; r < rows; ++r) dequantize_row(p, n0 + r, deq.data_ptr<float>() + r * p.k);
-      at::Tensor dst = out_t.narrow(0, n0, rows);
-      at::mm_out(dst, deq.narrow(0, 0, rows), x32.t());
-    }
-  });
 }
 
 }  // namespace
@@ -307,7 +257,7 @@ at::Tensor weight_int4_linear_cpu(const at::Tensor& x, const at::Tensor& qweight
                                   const std::optional<at::Tensor>& zero_point, int64_t group_size,
                                   const std::optional<at::Tensor>& bias) {
   // validated: validate_weight_int4_linear
-  const Path path = path_for(chosen_cpu_isa());
+  const Path path = fma_path_for(chosen_cpu_isa());
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // the op has no autograd formula (see quant_mm.cpp)
   MatmulGeometry g = linear_geometry(x, qweight.size(0), scale.size(1));
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
@@ -336,7 +286,8 @@ at::Tensor weight_int4_linear_cpu(const at::Tensor& x, const at::Tensor& qweight
     gemv_in_registers(path, p, out.data_ptr<float>());
   } else {
     at::Tensor out_t = at::empty({g.n, g.m}, x32.options());
-    dequantize_and_mm(p, x32, out_t);
+    dequantize_and_mm(g.n, g.k, kDequantRows, x32, out_t,
+                      [&](int64_t row, float* dst) { dequantize_row(p, row, dst); });
     out = out_t.t();
   }
   if (bias.has_value()) out = out.add(bias->to(at::kFloat));

@@ -31,6 +31,7 @@
 
 #include "cpu/cpu_isa.h"
 #include "cpu/sparse24_meta.h"
+#include "cpu/w8a16_gemv.h"  // w8a16::hsum_avx2
 #include "sparse24.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -168,13 +169,6 @@ SLIMOPS_S24I8_AVX512 bool dots_avx512(const Problem& p, int64_t m0, int64_t n0, 
   return ok;
 }
 
-SLIMOPS_S24I8_AVX2 inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 // As dots_avx512 with a step of 16 inputs = 8 values + 2 meta bytes. Lanes 0-3 (groups 0, 1) read
 // x[0..7] of the step and lanes 4-7 x[8..15]: the index 4 (l / 2 % 2) + p(l) permutes each half,
 // a fixed blend picks per lane.
@@ -219,7 +213,7 @@ SLIMOPS_S24I8_AVX2 bool dots_avx2(const Problem& p, int64_t m0, int64_t n0, floa
   }
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j)
-      out[i * NR + j] = hsum256(acc[i][j]) + dot_scalar(p.x + (m0 + i) * p.k, p.v + (n0 + j) * lv,
+      out[i * NR + j] = w8a16::hsum_avx2(acc[i][j]) + dot_scalar(p.x + (m0 + i) * p.k, p.v + (n0 + j) * lv,
                                                         p.meta + (n0 + j) * lm, 4 * steps, p.k / 4, ok);
   return ok;
 }
@@ -227,17 +221,11 @@ SLIMOPS_S24I8_AVX2 bool dots_avx2(const Problem& p, int64_t m0, int64_t n0, floa
 #pragma GCC diagnostic pop
 #endif  // SLIMOPS_S24I8_X86
 
-enum class Path { kGeneric, kAvx2, kAvx512 };
+using Path = FmaPath;
 
 // Weight rows per register block: 4 x 4 accumulators + 4 values + 4 indices + 2 x fit 32 zmm;
 // 4 x 2 + 2 + 2 + 2 (+ the 2 permutes) fit 16 ymm.
 constexpr int64_t block_rows(Path path) { return path == Path::kAvx512 ? 4 : path == Path::kAvx2 ? 2 : 4; }
-
-// The float kernels need only AVX-512 F/BW/VL (implied by avx512vnni) or AVX2 + FMA (avxvnni, avx2).
-Path path_for(CpuIsa isa) {
-  if (isa == CpuIsa::kAvx512Vnni) return Path::kAvx512;
-  return isa == CpuIsa::kGeneric ? Path::kGeneric : Path::kAvx2;
-}
 
 template <int MR>
 bool dots_full_block(Path path, const Problem& p, int64_t m0, int64_t n0, float* out) {
@@ -336,7 +324,7 @@ at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x,       // [..., K] float
                                     const at::Tensor& scale,   // [N] fp32
                                     const std::optional<at::Tensor>& bias) {  // [N] float
   // validated: validate_sparse24_int8_linear
-  const Path path = path_for(chosen_cpu_isa());
+  const Path path = fma_path_for(chosen_cpu_isa());
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // a kernel: no graph for its inner ops
   const Sparse24Geometry g{leading_rows(x), values.size(0), x.size(-1)};
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());

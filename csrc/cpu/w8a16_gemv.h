@@ -124,6 +124,14 @@ SLIMOPS_W8A16_AVX512 inline void micro_avx512(const float* x, int64_t ldx, const
 constexpr int64_t kAvx2Width = 8;
 constexpr int avx2_cols(int mr) { return mr <= 2 ? 4 : 2; }  // MR x NR acc + NR w + 1 x <= 16 ymm
 
+// The sum of a ymm's 8 lanes.
+SLIMOPS_W8A16_AVX2 inline float hsum_avx2(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
 template <int NR>
 SLIMOPS_W8A16_AVX2 inline void load_w_avx2(__m256 (&wv)[NR], const int8_t* w, int64_t ldw, int64_t p) {
 #pragma GCC unroll 8
@@ -177,10 +185,7 @@ SLIMOPS_W8A16_AVX2 inline void micro_avx2(const float* x, int64_t ldx, const int
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
     for (int j = 0; j < NR; ++j) {
-      __m128 v = _mm_add_ps(_mm256_castps256_ps128(acc[i][j]), _mm256_extractf128_ps(acc[i][j], 1));
-      v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-      v = _mm_add_ss(v, _mm_movehdup_ps(v));
-      float dot = _mm_cvtss_f32(v);
+      float dot = hsum_avx2(acc[i][j]);
       // Per channel only: the last k % 8 terms.
       for (int64_t p = k8; p < k; ++p) dot += x[i * ldx + p] * static_cast<float>(w[j * ldw + p]);
       out[i * ldo + j] = Grouped ? dot : dot * s[j];

@@ -369,6 +369,7 @@ def weight_sparsity(module: nn.Module) -> float | None:
     holds no values.
     """
     from slimops.nn import (
+        BlockSparseInt8Linear,
         BlockSparseLinear,
         Fp8DynamicLinear,
         Int8DynamicConv2d,
@@ -388,6 +389,10 @@ def weight_sparsity(module: nn.Module) -> float | None:
         return _zero_fraction(torch.where(module.mask.to(w.device), w, torch.zeros((), dtype=w.dtype, device=w.device)))
     if isinstance(module, BlockSparseLinear):
         return _zero_fraction(module.to_dense())
+    if isinstance(module, BlockSparseInt8Linear):
+        # Tiles not stored are zeros; a stored tile's zeros are its int8 zeros.
+        nonzero = torch.count_nonzero(module.values).item()
+        return 1.0 - nonzero / max(module.out_features * module.in_features, 1)
     if isinstance(module, (Sparse24Linear, Sparse24Int8Linear)):
         # The dense weight is `values` scattered into [N, K] with zeros elsewhere (K/2 per row), so
         # its non-zeros are exactly those of `values`.

@@ -143,6 +143,11 @@ QUANT = {
     # g128 sym 15.3 / 16.9 (ViT); GPT-2 18.2 / 20.2 (asym). Below the 22 dB target (README).
     "int4_g128": (slimops.Int4WeightOnlyConfig, 15, 16.5),
     "int4_g128_sym": (lambda: slimops.Int4WeightOnlyConfig(scheme="sym"), 14, 16),
+    # codebook 4-bit (2026-12-02), logits / per-layer, lowest family (ViT each time): NF4 g64 15.2 / 17.6,
+    # k-means layer g64 15.1 / 18.0, k-means row g64 19.8 / 21.1 (int4 g128 here: K = 64, so per channel).
+    "nf4_g64": (slimops.CodebookWeightOnlyConfig, 14, 16.5),
+    "kmeans_layer_g64": (lambda: slimops.CodebookWeightOnlyConfig(codebook="kmeans"), 14, 16.5),
+    "kmeans_row_g64": (lambda: slimops.CodebookWeightOnlyConfig(codebook="kmeans", kmeans="row"), 18.5, 20),
 }
 SPARSE = {
     # The CPU 2:4 kernel takes fp32 weights (prune/packing._s24_runs).

@@ -18,7 +18,9 @@ from torch import nn
 import slimops
 from slimops import cli, encryption
 from slimops.nn import (
+    BlockSparseInt8Linear,
     BlockSparseLinear,
+    CodebookWeightOnlyLinear,
     Fp8DynamicLinear,
     HalfLinear,
     Int4WeightOnlyLinear,
@@ -91,6 +93,11 @@ MODULE_TYPES = {
                 lambda m: slimops.convert(m, slimops.Int4WeightOnlyConfig(group_size=32)),
                 Int4WeightOnlyLinear,
             ),
+            (
+                "codebook_kmeans_row",
+                lambda m: slimops.convert(m, slimops.CodebookWeightOnlyConfig(codebook="kmeans", kmeans="row")),
+                CodebookWeightOnlyLinear,
+            ),
             ("int8_static", CONVERTERS["int8_static"], Int8StaticLinear),
             ("half_bf16", CONVERTERS["half"], HalfLinear),
             ("half_fp16", lambda m: slimops.convert(m, slimops.HalfConfig(torch.float16)), HalfLinear),
@@ -104,6 +111,12 @@ MODULE_TYPES = {
                 "sparse_2_4_then_int8",
                 lambda m: slimops.convert(m, [slimops.SparseConfig(0.5, "2:4"), slimops.Int8WeightOnlyConfig()]),
                 Sparse24Int8Linear,
+            ),
+            (
+                "sparse_block_then_int8",
+                lambda m: slimops.convert(m, [slimops.SparseConfig(0.75, "block", block_size=16),
+                                              slimops.Int8WeightOnlyConfig()]),
+                BlockSparseInt8Linear,
             ),
             ("masked_linear", pruned, MaskedLinear),
         ]

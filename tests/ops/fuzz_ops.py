@@ -277,12 +277,22 @@ KEPT_ONLY = {"block_sparse_linear": _kept_only_block_sparse, "sparse24_linear": 
              "sparse24_int8_linear": _kept_only_sparse24_int8}
 
 
+def _kept_only_block_sparse_int8(x, values, row_ptr, col_idx, scale, bias=None):
+    """block_sparse_int8_linear where only the kept tiles read x."""
+    out = _kept_only_block_sparse(x.double(), values, row_ptr, col_idx) * scale.double()
+    return (out if bias is None else out + bias.double()).to(x.dtype)
+
+
+KEPT_ONLY["block_sparse_int8_linear"] = _kept_only_block_sparse_int8
+
+
 # Outcomes that are documented behaviour, not defects: (op, mutation, device) -> why.
 DOCUMENTED = {
     ("block_sparse_linear", "index", "cuda"): "on a GPU the index arrays are not read back per call (a device sync on "
     "every decode step); the kernel clamps row_ptr and skips out-of-range col_idx, so nothing is read out of bounds "
     "(csrc/sparse.cpp, kernels/block_sparse.py)",
 }
+DOCUMENTED[("block_sparse_int8_linear", "index", "cuda")] = DOCUMENTED[("block_sparse_linear", "index", "cuda")]
 
 
 def run_case(case: Case, device: str, backend: str | None) -> Result:

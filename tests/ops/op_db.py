@@ -652,6 +652,112 @@ def _weight_int4_linear_slack(x, qweight, scale, zero_point, group_size, bias):
     return [out if bias is None else out + EPS[x.dtype] * bias.cpu().double().abs()]
 
 
+# ----------------------------------------------------------------- codebook 4-bit weight-only family
+
+def _codebook4_parts(n, k, group_size, seed, *, per_row, dtype=F32):
+    from slimops.reference.int4 import pack_int4
+
+    g = gen(seed)
+    groups = -(-k // group_size)
+    q = torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8)
+    # entries of either sign in 1/16 .. 1 (never zero), like a normalised NF4 / k-means table
+    sign = torch.randint(0, 2, (n if per_row else 1, 16), generator=g) * 2 - 1
+    codebook = (sign * torch.empty(sign.shape).uniform_(1 / 16, 1, generator=g)).to(dtype)
+    scale = _scales(n * groups, seed + 1, (n, groups)).to(dtype)
+    return pack_int4(q), codebook, scale
+
+
+def weight_codebook4_linear_samples(device, dtype, *, seed):
+    # int4's cases (M = 1..17, odd K, K not a multiple of 32, several group sizes), C = 1 and C = N in turn
+    for i, (xshape, n, group_size) in enumerate(W4A16_CASES):
+        k = xshape[-1]
+        s = _seed(seed, "codebook4", xshape, n, group_size)
+        x = random_rows(xshape, dtype, "cpu", seed=s) * 2**-10
+        qweight, codebook, scale = _codebook4_parts(n, k, group_size, s + 1, per_row=i % 2 == 1)
+        bias = torch.randn(n, generator=gen(s + 2)).to(dtype) if i % 3 else None
+        yield Sample((*_on(device, x, qweight, codebook, scale), group_size, *_on(device, bias)),
+                     f"x {xshape} N={n} gs={group_size} C={codebook.shape[0]} bias={bias is not None}")
+    for layout in LAYOUTS_2D:
+        for per_row, part_dtype in ((True, F32), (False, F16)):
+            s = _seed(seed, "codebook4", layout, part_dtype)
+            x = random_rows((7, 75), dtype, "cpu", seed=s, layout=layout) * 2**-10
+            qweight, codebook, scale = _codebook4_parts(11, 75, 64, s + 1, per_row=per_row, dtype=part_dtype)
+            bias = torch.randn(22, generator=gen(s + 3)).to(dtype)[::2]  # a strided bias
+            yield Sample((*_on(device, x, qweight.t().contiguous().t(), codebook, scale), 64, *_on(device, bias)),
+                         f"x [7, 75] {layout}, column-major qweight, C={codebook.shape[0]} {part_dtype}, strided bias")
+
+
+def _codebook4_weight(qweight, codebook, scale, group_size, k):
+    from slimops.reference.codebook4 import dequantize_codebook4
+
+    return dequantize_codebook4(qweight.cpu(), codebook.cpu(), scale.cpu(), group_size, k)
+
+
+def _weight_codebook4_linear_slack(x, qweight, codebook, scale, group_size, bias):
+    # fp32 sums over K terms of x * T[q] (scaled per block), the entries rounded to x's dtype on the
+    # Triton path (one more rounding of x's dtype), and a bias of x's dtype rounded once more.
+    k = x.shape[-1]
+    mag = x.cpu().double().abs() @ _codebook4_weight(qweight, codebook, scale, group_size, k).abs().t()
+    out = (2 * EPS[x.dtype] + (k + 4) * EPS[F32]) * mag * 1.01
+    return [out if bias is None else out + EPS[x.dtype] * bias.cpu().double().abs()]
+
+
+# ----------------------------------------------------------------- block-sparse int8 family
+
+# (x shape, N, K's block shape (bn, bk), tile density): M = 1..17 on small odd-ish tiles, every block size,
+# all-zero and all-dense weights, and 3-D x.
+BSI8_CASES = (
+    [((m, 96), 48, (16, 32) if m % 2 else (16, 16), 0.4) for m in range(1, 18)]
+    + [((5, 192), 128, (64, 64), 0.5), ((3, 256), 128, (128, 128), 0.5), ((17, 128), 96, (32, 64), 0.3),
+       ((4, 96), 64, (32, 32), 0.0), ((2, 3, 96), 32, (16, 16), 1.0), ((123, 64), 32, (16, 16), 0.6)]
+)
+
+
+def _bsi8_parts(n, k, bn, bk, density, seed, *, empty_ends=False):
+    """int8 BSR tiles (values never all zero, from -127) and fp32 row scales; ``empty_ends`` drops
+    the first and last block rows' tiles."""
+    g = gen(seed)
+    keep = torch.rand(n // bn, k // bk, generator=g) < density
+    if empty_ends:
+        keep[0] = keep[-1] = False
+    q = torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8)
+    # packed by the tile mask: a kept tile stays stored even if its random values hold zeros
+    mask = keep.repeat_interleave(bn, 0).repeat_interleave(bk, 1)
+    values, row_ptr, col_idx = sref.block_sparse_pack(q, mask, bn, bk)
+    return values, row_ptr, col_idx, _scales(n, seed + 1)
+
+
+def block_sparse_int8_linear_samples(device, dtype, *, seed):
+    for i, (xshape, n, (bn, bk), density) in enumerate(BSI8_CASES):
+        s = _seed(seed, "bsi8", xshape, n, bn, bk, density)
+        x = random_rows(xshape, dtype, "cpu", seed=s) * 2**-8
+        parts = _bsi8_parts(n, xshape[-1], bn, bk, density, s + 1, empty_ends=i % 3 == 0)
+        bias = torch.randn(n, generator=gen(s + 2)).to(dtype) if i % 2 else None
+        yield Sample(_on(device, x, *parts, bias), f"x {xshape} N={n} block {bn}x{bk} density {density}")
+    for layout in LAYOUTS_2D:
+        s = _seed(seed, "bsi8", layout)
+        x = random_rows((7, 96), dtype, "cpu", seed=s, layout=layout) * 2**-8
+        values, row_ptr, col_idx, scale = _bsi8_parts(64, 96, 32, 16, 0.5, s + 1)
+        values = values.transpose(1, 2).contiguous().transpose(1, 2)  # column-major tiles
+        scale = torch.stack((scale, scale + 1)).t().reshape(-1)[::2]  # a strided scale
+        bias = torch.randn(128, generator=gen(s + 3)).to(dtype)[::2]  # a strided bias
+        yield Sample(_on(device, x, values, row_ptr, col_idx, scale, bias),
+                     f"x [7, 96] {layout}, column-major tiles, strided scale and bias")
+
+
+def _bsi8_weight(values, row_ptr, col_idx, scale, k):
+    return _block_dense(values, row_ptr, col_idx, k) * scale.cpu().double()[:, None]
+
+
+def _block_sparse_int8_linear_slack(x, values, row_ptr, col_idx, scale, bias):
+    # Tiles converted exactly; the dot may run in x's dtype on a GPU (the tile and x both in it), fp32
+    # sums over K terms, the scale multiplies once; a bias of x's dtype rounds once more.
+    k = x.shape[-1]
+    mag = x.cpu().double().abs() @ _bsi8_weight(values, row_ptr, col_idx, scale, k).abs().t()
+    out = (2 * EPS[x.dtype] + (k + 3) * EPS[F32]) * mag * 1.01
+    return [out if bias is None else out + EPS[x.dtype] * bias.cpu().double().abs()]
+
+
 # ----------------------------------------------------------------- 2:4 + int8 weight-only
 
 # (x shape, N): M = 1..17 (the in-register kernel to 16 rows, decode + GEMM above), K with every
@@ -777,6 +883,22 @@ OP_DB: list[OpInfo] = [
            slack=_weight_int4_linear_slack,
            grad=Grad((0, 5), lambda x, q, s, z, gs, b: _linear64(x, _int4_weight(q, s, z, gs, x.shape[-1]), b),
                      magnitude=lambda x, q, s, z, gs, b: _linear64(x, _int4_weight(q, s, z, gs, x.shape[-1]).abs(), b))),
+    OpInfo("weight_codebook4_linear", _ops.weight_codebook4_linear, weight_codebook4_linear_samples,
+           ref.weight_codebook4_linear, FLOATS, rounding(),
+           exact=lambda x, q, t, s, gs, b: ref.weight_codebook4_linear(x.double(), q, t, s, gs,
+                                                                       None if b is None else b.double()),
+           slack=_weight_codebook4_linear_slack,
+           grad=Grad((0, 5), lambda x, q, t, s, gs, b: _linear64(x, _codebook4_weight(q, t, s, gs, x.shape[-1]), b),
+                     magnitude=lambda x, q, t, s, gs, b: _linear64(
+                         x, _codebook4_weight(q, t, s, gs, x.shape[-1]).abs(), b))),
+    OpInfo("block_sparse_int8_linear", _ops.block_sparse_int8_linear, block_sparse_int8_linear_samples,
+           ref.block_sparse_int8_linear, FLOATS, rounding(),
+           exact=lambda x, v, rp, ci, s, b: ref.block_sparse_int8_linear(x.double(), v, rp, ci, s,
+                                                                         None if b is None else b.double()),
+           slack=_block_sparse_int8_linear_slack, cuda_graph=False,
+           grad=Grad((0, 5), lambda x, v, rp, ci, s, b: _linear64(x, _bsi8_weight(v, rp, ci, s, x.shape[-1]), b),
+                     magnitude=lambda x, v, rp, ci, s, b: _linear64(
+                         x, _bsi8_weight(v, rp, ci, s, x.shape[-1]).abs(), b))),
     OpInfo("sparse24_int8_linear", _ops.sparse24_int8_linear, sparse24_int8_linear_samples,
            ref.sparse24_int8_linear, FLOATS, rounding(),
            exact=lambda x, v, m, s, b: ref.sparse24_int8_linear(x.cpu().double(), v.cpu(), m.cpu(), s.cpu(),

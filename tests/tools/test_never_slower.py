@@ -44,7 +44,7 @@ def test_every_module_gets_a_measured_row(never_slower, tmp_path):
     assert {r["layer"] for r in rows} == {"Int8DynamicLinear", "Int8WeightOnlyLinear", "Int4WeightOnlyLinear",
                                           "Fp8DynamicLinear",
                                           "Int8StaticLinear", "HalfLinear", "MaskedLinear", "BlockSparseLinear",
-                                          "Sparse24Linear"}
+                                          "Sparse24Linear", "CodebookWeightOnlyLinear"}
 
 
 def test_a_row_below_the_threshold_fails_the_run(never_slower, tmp_path):

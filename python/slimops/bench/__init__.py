@@ -23,6 +23,9 @@ Each row is a flat dict (one JSON object) with:
   over the ``torch-copy`` row's, a device copy of the same bytes, same run);
 * ``extra``: what the provider measured besides time (the ``cpu`` suite: ``sqnr_db``,
   ``isa``), or null.
+* ``target`` and ``target_met`` (only in rows of a case that carries an issue's target,
+  e.g. the ``decode`` suite): the target's wording, and for slimops rows true / false,
+  or null when a number it needs was not measured (no copy row on a CPU).
 """
 
 from slimops.bench.harness import Case, Provider, Suite, Unavailable, print_table, run_suite, write_json

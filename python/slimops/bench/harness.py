@@ -10,6 +10,9 @@ bytes, compare numbers measured side by side.
 Timing is the median: ``triton.testing.do_bench`` on a GPU (it flushes L2
 between reps, so memory-bound ops are timed from DRAM); on a CPU a block timer
 that warms up, then repeats until a minimum time and a minimum count.
+A suite with ``interleave=True`` (``decode``) times its providers call by call in
+turn instead (``slimops._measure.median_seconds``: CUDA events, L2 flushed), with
+a large device copy among them on a GPU.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 import torch
 
+from slimops import _measure
 from slimops import info as _info
 
 
@@ -34,6 +38,41 @@ class Unavailable(Exception):
 
     The harness turns it into a ``status="skipped"`` row carrying the message.
     """
+
+
+@dataclass(frozen=True)
+class Target:
+    """An issue's target for the slimops rows of a case: met when every bound given holds.
+
+    Args:
+        text: the target as the issue words it (quoted in the row).
+        min_speedup: the least ratio of the reference's time to the row's (same run).
+        max_us: the most microseconds per call.
+        min_frac_of_copy: the least fraction of the same run's copy bandwidth.
+        against: the provider the ratio is taken against (default: the suite's baseline).
+    """
+
+    text: str
+    min_speedup: float | None = None
+    max_us: float | None = None
+    min_frac_of_copy: float | None = None
+    against: str | None = None
+
+    def met(self, row: dict, rows: list[dict]) -> bool | None:
+        """Whether ``row`` meets the target; None when a number it needs was not measured."""
+        checks = []
+        if self.min_speedup is not None:
+            ref = next((r for r in rows if r["provider"] == (self.against or row["baseline"])), None)
+            if not ref or ref["status"] != "ok" or row["median_us"] is None:
+                return None
+            checks.append(ref["median_us"] / row["median_us"] >= self.min_speedup)
+        if self.max_us is not None:
+            checks.append(row["median_us"] <= self.max_us)
+        if self.min_frac_of_copy is not None:
+            if row["frac_of_copy_bw"] is None:
+                return None
+            checks.append(row["frac_of_copy_bw"] >= self.min_frac_of_copy)
+        return all(checks)
 
 
 @dataclass(frozen=True)
@@ -49,6 +88,7 @@ class Case:
             each output written once); GB/s is quoted from it.
         flops: useful floating/integer operations (0 for memory-bound ops).
         params: the variant, e.g. ``"axis=0 asym"``; empty when the op has one.
+        target: the issue's target for its slimops rows (adds ``target`` / ``target_met`` to every row).
     """
 
     op: str
@@ -58,6 +98,7 @@ class Case:
     nbytes: int
     flops: int = 0
     params: str = ""
+    target: Target | None = None
 
     @property
     def label(self) -> str:
@@ -101,6 +142,12 @@ class Suite:
             times (each round a share of the timing budget) and report the
             median over rounds, so a stall of a shared machine hits every
             provider alike instead of one of them.
+        interleave: time the providers of a case call by call in turn
+            (``slimops._measure.median_seconds``: CUDA events and a cold L2 on a GPU,
+            the wall clock on a CPU) instead of one after the other.
+        copy_bytes: GPU: the ``torch-copy`` row of every case copies this many bytes
+            (read + written), timed with the providers, instead of the case's own bytes:
+            a copy large enough to show the card's bandwidth rather than its L2's.
     """
 
     name: str
@@ -109,6 +156,8 @@ class Suite:
     providers: list[Provider] = field(default_factory=list)
     baseline: str = "torch-eager"
     rounds: int = 1
+    interleave: bool = False
+    copy_bytes: int | None = None
 
     def provider(self, name: str) -> Provider:
         for p in self.providers:
@@ -292,8 +341,15 @@ def run_suite(
             case_rows = []
 
             def row(
-                provider: str, seconds: float | None, status: str = "ok", reason: str | None = None, extra=None
+                provider: str,
+                seconds: float | None,
+                status: str = "ok",
+                reason: str | None = None,
+                extra=None,
+                nbytes: int | None = None,
             ) -> dict:
+                # A provider that moves other bytes than the case's (a packed weight) says so.
+                nbytes = case.nbytes if nbytes is None else nbytes
                 r = {
                     "suite": suite.name,
                     "op": case.op,
@@ -304,19 +360,21 @@ def run_suite(
                     "status": status,
                     "reason": reason,
                     "median_us": None if seconds is None else seconds * 1e6,
-                    "gbps": case.nbytes / seconds / 1e9 if seconds and case.nbytes else None,
+                    "gbps": nbytes / seconds / 1e9 if seconds and nbytes else None,
                     "tflops": case.flops / seconds / 1e12 if seconds and case.flops else None,
                     "speedup_vs_baseline": None,  # filled in once the case's rows are all in
                     "frac_of_copy_bw": None,
                     # What a provider measured besides time (e.g. the cpu suite's SQNR), or None.
                     "extra": extra,
-                    "bytes": case.nbytes,
+                    "bytes": nbytes,
                     "flops": case.flops or None,
                     **common,
                     # Per row: a provider may set its own (the cpu suite's threads=N cases).
                     "threads": None if on_gpu else torch.get_num_threads(),
                     "date": _now(),
                 }
+                if case.target is not None:
+                    r.update(target=case.target.text, target_met=None)
                 case_rows.append(r)
                 bar.done(r)
                 return r
@@ -329,7 +387,7 @@ def run_suite(
                 rows += case_rows
                 continue
 
-            if on_gpu:
+            if on_gpu and not suite.interleave:
                 # Copy the same number of bytes (half read, half written): the
                 # bandwidth any memory-bound op could hope for at this size.
                 bar.start(f"{case.label} {list(case.shape)} {_dtype_name(case.dtype)} · {COPY_PROVIDER}")
@@ -353,9 +411,13 @@ def run_suite(
                 try:
                     with p.context():
                         fn = p.prepare(case, args)
-                        if rounds == 1:
+                        if suite.interleave:
+                            fn()  # fails here, alone, rather than inside the interleaved timing
+                        elif rounds == 1:
                             seconds = time_gpu(fn, quick) if on_gpu else time_cpu(fn, min_time, 5 if quick else 10)[0]
-                    if rounds == 1:
+                    if suite.interleave:
+                        fns[p.name] = _within(p.context, fn)
+                    elif rounds == 1:
                         row(p.name, seconds, extra=getattr(fn, "extra", None))
                     else:
                         fns[p.name] = fn
@@ -363,7 +425,9 @@ def run_suite(
                     row(p.name, None, "skipped", str(e))
                 except Exception as e:  # a failing provider must not lose the rest of the run
                     row(p.name, None, "error", f"{type(e).__name__}: {str(e).strip()[:500]}")
-            if fns:
+            if fns and suite.interleave:
+                _time_interleaved(suite, fns, dev, quick, row)
+            elif fns:
                 # Interleaved: round r times every provider once, in turn.
                 per_round: dict[str, list[float]] = {name: [] for name in fns}
                 failed: dict[str, str] = {}
@@ -392,12 +456,52 @@ def run_suite(
                     continue
                 if base:
                     r["speedup_vs_baseline"] = base["median_us"] / r["median_us"]
-                if copy and r["gbps"]:
+                if copy and copy["status"] == "ok" and r["gbps"]:
                     r["frac_of_copy_bw"] = r["gbps"] / copy["gbps"]
+            if case.target is not None:
+                for r in case_rows:
+                    if r["status"] == "ok" and r["provider"].startswith("slimops"):
+                        r["target_met"] = case.target.met(r, case_rows)
             rows += case_rows
             if on_case_done:
                 on_case_done(rows)
     return rows
+
+
+def _within(context: Callable[[], contextlib.AbstractContextManager], fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` run inside a fresh ``context()`` at each call (interleaved providers each keep their own)."""
+
+    def call():
+        with context():
+            return fn()
+
+    call.nbytes = getattr(fn, "nbytes", None)
+    call.extra = getattr(fn, "extra", None)
+    return call
+
+
+def _time_interleaved(suite: Suite, fns: dict[str, Callable[[], Any]], dev: torch.device, quick: bool, row) -> None:
+    """Time ``fns`` call by call in turn (and, on a GPU, the suite's large copy with them); add their rows."""
+    fns = dict(fns)
+    copy_nbytes = None
+    if dev.type == "cuda" and suite.copy_bytes:
+        # Half read, half written: copy_bytes moved per call, as large as the suite asks.
+        src = torch.empty(suite.copy_bytes // 2, dtype=torch.uint8, device=dev)
+        dst = torch.empty_like(src)
+        fns[COPY_PROVIDER] = lambda: dst.copy_(src)
+        copy_nbytes = 2 * src.numel()
+    warmup, repeats = (3, 20) if quick else (10, 100)
+    try:
+        seconds = _measure.median_seconds(
+            list(fns.values()), [dev] * len(fns), warmup=warmup, repeats=repeats, cuda_events=dev.type == "cuda"
+        )
+    except Exception as e:  # a failure inside the timing loses the case, not the run
+        for name in fns:
+            row(name, None, "error", f"interleaved timing failed: {_measure.describe_error(e)}")
+        return
+    for (name, fn), s in zip(fns.items(), seconds, strict=True):
+        nbytes = copy_nbytes if name == COPY_PROVIDER else getattr(fn, "nbytes", None)
+        row(name, s, extra=getattr(fn, "extra", None), nbytes=nbytes)
 
 
 # ---------------------------------------------------------------- output

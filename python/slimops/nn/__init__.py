@@ -8,6 +8,7 @@ The quantized and packed sparse modules answer ``weight`` with a :class:`WeightS
 
 from slimops.nn.half_linear import HalfLinear
 from slimops.nn.int4 import Int4WeightOnlyLinear
+from slimops.nn.codebook import CodebookWeightOnlyLinear
 from slimops.nn.packed import WeightSpec
 from slimops.nn.quantized import (
     Fp8DynamicLinear,
@@ -18,6 +19,7 @@ from slimops.nn.quantized import (
 )
 from slimops.nn.quantized_conv import Int8DynamicConv2d, Int8StaticConv2d, ObservedConv2d
 from slimops.nn.sparse import BlockSparseLinear, MaskedConv2d, MaskedLinear, Sparse24Linear
+from slimops.nn.block_sparse_int8 import BlockSparseInt8Linear
 from slimops.nn.sparse24_int8 import Sparse24Int8Linear
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "Fp8DynamicLinear",
     "HalfLinear",
     "Int4WeightOnlyLinear",
+    "CodebookWeightOnlyLinear",
     "Int8DynamicConv2d",
     "Int8DynamicLinear",
     "Int8StaticConv2d",
@@ -37,4 +40,5 @@ __all__ = [
     "Sparse24Int8Linear",
     "Sparse24Linear",
     "WeightSpec",
+    "BlockSparseInt8Linear",
 ]

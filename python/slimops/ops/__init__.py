@@ -6,6 +6,7 @@ op table (csrc/ops.cpp), so it is imported by ``import slimops``.
 
 from slimops.ops.clip import clip_grad_norm_fused_, multi_tensor_norm, multi_tensor_scale_
 from slimops.ops.int4 import weight_int4_linear
+from slimops.ops.codebook4 import weight_codebook4_linear
 from slimops.ops.quant_mm import (
     fp8_dynamic_linear,
     int8_dynamic_linear,
@@ -23,6 +24,7 @@ from slimops.ops.sparse import (
     masked_linear_grad_weight,
 )
 from slimops.ops.sparse24 import sparse24_compress, sparse24_linear, sparse24_to_dense
+from slimops.ops.block_sparse_int8 import block_sparse_int8_linear
 from slimops.ops.sparse24_int8 import sparse24_int8_linear
 from slimops.ops._triton import register_triton
 
@@ -51,4 +53,6 @@ __all__ = [
     "sparse24_to_dense",
     "weight_int4_linear",
     "weight_int8_linear",
+    "weight_codebook4_linear",
+    "block_sparse_int8_linear",
 ]

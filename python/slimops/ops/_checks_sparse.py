@@ -23,9 +23,10 @@ def grad_weight_shape(grad: torch.Tensor, x: torch.Tensor) -> tuple:
     return grad.shape[-1], x.shape[-1]
 
 
-def block_sparse_rows(x: torch.Tensor, values: torch.Tensor, row_ptr: torch.Tensor) -> int:
-    """N = (row_ptr.numel() - 1) * block_n of a packed weight."""
-    op = "block_sparse_linear"
+def block_sparse_rows(
+    x: torch.Tensor, values: torch.Tensor, row_ptr: torch.Tensor, op: str = "block_sparse_linear"
+) -> int:
+    """N = (row_ptr.numel() - 1) * block_n of a packed weight (float or int8 tiles)."""
     check_min_dim(x, op, "x")
     check(values.dim() == 3, op, f"values must be [nnz, block_n, block_k], got {tuple(values.shape)}")
     check(row_ptr.dim() == 1 and row_ptr.shape[0] >= 1, op,

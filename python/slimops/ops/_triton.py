@@ -32,8 +32,10 @@ def register_triton() -> None:
     if not triton_usable():
         return
     from slimops.kernels import block_sparse, clip, fp8, int4, int8_mm, masked_linear, quantize, weight_int8
+    from slimops.kernels import block_sparse_int8, codebook4
 
     modules = (block_sparse, clip, fp8, int4, int8_mm, masked_linear, quantize, weight_int8)
+    modules += (codebook4, block_sparse_int8)
     impls = {}
     for op in _build._C.ops:
         if op["triton"]:

@@ -35,8 +35,9 @@ class SparseConfig(Config):
     sparse already, are skipped, with the reason, in ``model.slimops_summary.skipped``.
 
     Compose it *before* a quantization config, ``[SparseConfig(...), Int8WeightOnlyConfig()]``:
-    the quantized layers keep the zeros (no slimops kernel fuses sparsity with int8 or fp8,
-    so packed sparse layers are quantized dense, as ``slimops_summary.fallbacks`` says).
+    the quantized layers keep the zeros. Block-sparse layers with ``Int8WeightOnlyConfig`` stay
+    block-sparse (:class:`~slimops.nn.BlockSparseInt8Linear`, one fused kernel); other packed sparse
+    layers are quantized dense where no kernel fuses the two, as ``slimops_summary.fallbacks`` says.
     Meeting a layer that is already quantized, half precision or observed is an error.
 
     With ``method`` (``"sparsegpt"``, ``"wanda"`` or ``"magnitude"``) and ``calibration``,

@@ -1,6 +1,8 @@
 """Pure-PyTorch references: the specification every kernel is tested against."""
 
+from slimops.reference.block_sparse_int8 import block_sparse_int8_linear
 from slimops.reference.clip import clip_grad_norm_fused_, multi_tensor_norm, multi_tensor_scale_
+from slimops.reference.codebook4 import weight_codebook4_linear
 from slimops.reference.int4 import weight_int4_linear
 from slimops.reference.quant_mm import (
     fp8_dynamic_linear,
@@ -26,4 +28,6 @@ __all__ = [
     "sparse24_int8_linear",
     "weight_int4_linear",
     "weight_int8_linear",
+    "weight_codebook4_linear",
+    "block_sparse_int8_linear",
 ]
