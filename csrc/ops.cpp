@@ -278,6 +278,19 @@ constexpr auto block_sparse_int8_linear_op = def(
     [](const Tensor& x, const Tensor& v, const Tensor& rp, const Tensor& ci, const Tensor& s,
        const OptTensor& bias) -> int64_t { return validate_block_sparse_int8_linear(x, v, rp, ci, s, bias).m; },
     CUDA_AND_TRITON(block_sparse_int8_linear_cuda, 0, "rows M"));
+// 2:4 + int8 weight-only: the kept values of sparse24_compress as int8 [N, K/2] with one fp32 scale
+// per output row [N], the same meta; y = x (values * scale scattered by meta)^T + bias, fp32
+// accumulation, returns x's dtype.
+// NOTE: its CUDA C++ decode GEMV (csrc/cuda/sparse24_int8.cu) has never run; it has no Triton path to
+// stay behind, so the layer (Sparse24Int8Linear) routes CUDA inputs to dequantize + cuBLAS instead
+// (nn/routing.py) until the H200 run (bench/gpu_check.sh) decides.
+constexpr auto sparse24_int8_linear_op = def(
+    "sparse24_int8_linear(Tensor x, Tensor values, Tensor meta, Tensor scale, Tensor? bias=None) -> Tensor",
+    Keys::Backends, &sparse24_int8_linear_cpu,
+    [](const Tensor& x, const Tensor& v, const Tensor& meta, const Tensor& s, const OptTensor& bias) -> int64_t {
+      return validate_sparse24_int8_linear(x, v, meta, s, bias).m;
+    },
+    CUDA_ONLY(sparse24_int8_linear_cuda));
 
 // ------------------------------------------------------------------ what the table generates
 
@@ -374,7 +387,8 @@ using Ops = Table<quantize_per_token_op, quantize_per_channel_op, dequantize_op,
                   masked_linear_grad_input_op, masked_linear_grad_weight_op, block_sparse_pack_op,
                   block_sparse_linear_op, sparse24_compress_op, sparse24_linear_op, multi_tensor_norm_op,
                   multi_tensor_scale_op, clip_grad_norm_fused_op, weight_int4_linear_op,
-                  weight_codebook4_linear_op, block_sparse_int8_linear_op>;
+                  weight_codebook4_linear_op, block_sparse_int8_linear_op,
+                  sparse24_int8_linear_op>;
 
 }  // namespace
 }  // namespace slimops

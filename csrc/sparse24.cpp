@@ -26,17 +26,25 @@ void validate_sparse24_compress(const at::Tensor& weight) {
                 ", which must be a multiple of 8 (each meta byte covers 8 inputs: 2 groups of 4)");
 }
 
-Sparse24Geometry validate_sparse24_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
-                                          const std::optional<at::Tensor>& bias) {
-  const char* op = "sparse24_linear";
+namespace {
+
+// What sparse24_linear and sparse24_int8_linear share: x [..., K], values [N, K/2] (dtype: x's when
+// values_dtype is none, else values_dtype), meta uint8 [N, K/8], bias float [N] or none, one device.
+Sparse24Geometry check_sparse24_operands(const char* op, const at::Tensor& x, const at::Tensor& values,
+                                         const at::Tensor& meta, const std::optional<at::Tensor>& bias,
+                                         std::optional<c10::ScalarType> values_dtype) {
   check_float_input(x, op, "x");
   SLIMOPS_CHECK(x.dim() >= 1, op, "x must have at least 1 dimension [..., K], got a 0-d tensor");
   const int64_t k = x.size(-1);
   SLIMOPS_CHECK(values.layout() == at::kStrided, op, "values must be a dense (strided) tensor, got layout ",
                 values.layout());
   SLIMOPS_CHECK(values.dim() == 2, op, "values must be 2-D [N, K/2], got shape ", values.sizes());
-  SLIMOPS_CHECK(values.scalar_type() == x.scalar_type(), op, "values must have x's dtype ", x.scalar_type(), ", got ",
-                values.scalar_type());
+  if (values_dtype.has_value()) {
+    check_dtype(values, *values_dtype, op, "values");
+  } else {
+    SLIMOPS_CHECK(values.scalar_type() == x.scalar_type(), op, "values must have x's dtype ", x.scalar_type(),
+                  ", got ", values.scalar_type());
+  }
   SLIMOPS_CHECK(k % 8 == 0, op, "x has K = ", k,
                 ", which must be a multiple of 8 (each meta byte covers 8 inputs: 2 groups of 4)");
   SLIMOPS_CHECK(values.size(1) * 2 == k, op, "values has ", values.size(1), " columns but x has K = ", k,
@@ -57,6 +65,24 @@ Sparse24Geometry validate_sparse24_linear(const at::Tensor& x, const at::Tensor&
   g.m = c10::multiply_integers(x.sizes().slice(0, x.dim() - 1));
   g.n = n;
   g.k = k;
+  return g;
+}
+
+}  // namespace
+
+Sparse24Geometry validate_sparse24_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                                          const std::optional<at::Tensor>& bias) {
+  return check_sparse24_operands("sparse24_linear", x, values, meta, bias, std::nullopt);
+}
+
+Sparse24Geometry validate_sparse24_int8_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                                               const at::Tensor& scale, const std::optional<at::Tensor>& bias) {
+  const char* op = "sparse24_int8_linear";
+  const Sparse24Geometry g = check_sparse24_operands(op, x, values, meta, bias, at::kChar);
+  check_dtype(scale, at::kFloat, op, "scale");
+  SLIMOPS_CHECK(scale.dim() == 1 && scale.size(0) == g.n, op, "scale must have shape [", g.n,
+                "] (one float32 scale per output row), got ", scale.sizes());
+  check_same_device(x, scale, op, "x", "scale");
   return g;
 }
 

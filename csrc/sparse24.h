@@ -38,6 +38,11 @@ void validate_sparse24_compress(const at::Tensor& weight);
 Sparse24Geometry validate_sparse24_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                                           const std::optional<at::Tensor>& bias);
 
+// sparse24_int8_linear: as sparse24_linear, with values int8 [N, K/2] and scale float32 [N] (one per
+// output row, on x's device): the weight is values * scale[n], kept 2:4 (the Sparse-Marlin idea, in int8).
+Sparse24Geometry validate_sparse24_int8_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                                               const at::Tensor& scale, const std::optional<at::Tensor>& bias);
+
 // Every device (csrc/sparse24.cpp): reads the weight back to check it is 2:4.
 std::tuple<at::Tensor, at::Tensor> sparse24_compress(const at::Tensor& weight);
 
@@ -45,10 +50,18 @@ std::tuple<at::Tensor, at::Tensor> sparse24_compress(const at::Tensor& weight);
 at::Tensor sparse24_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                                const std::optional<at::Tensor>& bias);
 
+// CPU (csrc/cpu/sparse24_int8.cpp): in registers up to 16 rows of x, else decoded blocks + ATen's GEMM.
+at::Tensor sparse24_int8_linear_cpu(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                                    const at::Tensor& scale, const std::optional<at::Tensor>& bias);
+
 #ifdef SLIMOPS_WITH_CUDA
 // mma.sp kernels (csrc/cuda/sparse24.cu): fp16/bf16 x, any M, any K % 8 == 0.
 at::Tensor sparse24_linear_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
                                 const std::optional<at::Tensor>& bias);
+
+// Decode GEMV (csrc/cuda/sparse24_int8.cu): fp16/bf16/fp32 x, M <= 16 per launch (larger M in slices).
+at::Tensor sparse24_int8_linear_cuda(const at::Tensor& x, const at::Tensor& values, const at::Tensor& meta,
+                                     const at::Tensor& scale, const std::optional<at::Tensor>& bias);
 #endif
 
 }  // namespace slimops

@@ -34,6 +34,7 @@ from slimops.quant import (
 from slimops.quant_int4 import Int4WeightOnlyConfig
 from slimops.quant_codebook import CodebookWeightOnlyConfig
 from slimops import quant_block_sparse_int8  # noqa: F401  (registers Int8WeightOnlyConfig's block-sparse handler)
+from slimops import quant_sparse24_int8  # noqa: F401  (Int8WeightOnlyConfig on 2:4 layers)
 from slimops.encryption import generate_key
 from slimops.serialization import load, save
 from slimops import distill, prune  # noqa: F401  (slimops.prune.Pruner, slimops.distill.kd_loss)

@@ -379,6 +379,7 @@ def weight_sparsity(module: nn.Module) -> float | None:
         Int8WeightOnlyLinear,
         MaskedConv2d,
         MaskedLinear,
+        Sparse24Int8Linear,
         Sparse24Linear,
     )
 
@@ -392,7 +393,7 @@ def weight_sparsity(module: nn.Module) -> float | None:
         # Tiles not stored are zeros; a stored tile's zeros are its int8 zeros.
         nonzero = torch.count_nonzero(module.values).item()
         return 1.0 - nonzero / max(module.out_features * module.in_features, 1)
-    if isinstance(module, Sparse24Linear):
+    if isinstance(module, (Sparse24Linear, Sparse24Int8Linear)):
         # The dense weight is `values` scattered into [N, K] with zeros elsewhere (K/2 per row), so
         # its non-zeros are exactly those of `values`.
         nonzero = torch.count_nonzero(module.values).item()

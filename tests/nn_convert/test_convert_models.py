@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 import slimops
-from slimops.nn import Int8StaticLinear, Int8WeightOnlyLinear, ObservedLinear, Sparse24Linear
+from slimops.nn import Int8StaticLinear, Int8WeightOnlyLinear, ObservedLinear, Sparse24Int8Linear, Sparse24Linear
 
 transformers = pytest.importorskip("transformers")
 Conv1D = pytest.importorskip("transformers.pytorch_utils").Conv1D
@@ -247,16 +247,17 @@ def test_sparse_then_quantized(family, config):
     summary = model.slimops_summary
     fqns = linear_fqns(float_model)
     assert set(summary.converted) == fqns
+    fused = config == "sparse_2_4_then_weight_only"  # 2:4 + int8 in one layer (Sparse24Int8Linear)
     for fqn in fqns:
         layer = model.get_submodule(fqn)
-        assert isinstance(layer, Int8WeightOnlyLinear)
-        assert (layer.qweight == 0).float().mean() >= 0.5, fqn  # the pruned zeros stay zeros
-    if config == "sparse_2_4_then_weight_only":
-        # No kernel fuses 2:4 with int8: each layer is quantized dense, and the summary and a warning say so.
-        assert set(summary.fallbacks) == fqns
-        assert all(" -> Sparse24Linear -> Int8WeightOnlyLinear" in v for v in summary.converted.values())
-        messages = [str(w.message) for w in caught if "sparse layer(s)" in str(w.message)]
-        assert len(messages) == 1 and all(fqn in messages[0] for fqn in fqns)
+        assert isinstance(layer, Sparse24Int8Linear if fused else Int8WeightOnlyLinear)
+        weight = layer.dequantize() if fused else layer.qweight
+        assert (weight == 0).float().mean() >= 0.5, fqn  # the pruned zeros stay zeros
+    if fused:
+        # Both savings kept: no fallback, and no warning about one.
+        assert not summary.fallbacks
+        assert all(v.endswith(" -> Sparse24Linear -> Sparse24Int8Linear") for v in summary.converted.values())
+        assert not [w for w in caught if "sparse layer(s)" in str(w.message)]
     else:
         # Unstructured 50% packs as a dense nn.Linear: quantizing it loses no sparse kernel.
         assert not summary.fallbacks

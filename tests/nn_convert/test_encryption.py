@@ -31,6 +31,7 @@ from slimops.nn import (
     Int8WeightOnlyLinear,
     MaskedConv2d,
     MaskedLinear,
+    Sparse24Int8Linear,
     Sparse24Linear,
 )
 from slimops.prune import Pruner
@@ -109,7 +110,7 @@ MODULE_TYPES = {
             (
                 "sparse_2_4_then_int8",
                 lambda m: slimops.convert(m, [slimops.SparseConfig(0.5, "2:4"), slimops.Int8WeightOnlyConfig()]),
-                Int8WeightOnlyLinear,
+                Sparse24Int8Linear,
             ),
             (
                 "sparse_block_then_int8",

@@ -35,7 +35,7 @@ def _x(m, k=48, seed=1, dtype=torch.float32):
 
 def test_the_shipped_rules_cite_committed_measurements_and_name_real_paths():
     layers = {"Int8DynamicLinear": slimops.nn.Int8DynamicLinear, "Int8WeightOnlyLinear": slimops.nn.Int8WeightOnlyLinear,
-              "Fp8DynamicLinear": slimops.nn.Fp8DynamicLinear}
+              "Fp8DynamicLinear": slimops.nn.Fp8DynamicLinear, "Sparse24Int8Linear": slimops.nn.Sparse24Int8Linear}
     assert routing.RULES
     for rule in routing.RULES:
         cited = rule.source.split(":")[0]

@@ -268,7 +268,13 @@ def _kept_only_sparse24(x, values, meta, bias=None):
 # reaches it through an absent one (0 * inf = NaN) depends on the kernel: the block-sparse
 # kernels and the GPU's mma.sp skip absent weights, the CPU 2:4 kernel multiplies a decoded
 # dense weight (as the dense reference does). Either is accepted.
-KEPT_ONLY = {"block_sparse_linear": _kept_only_block_sparse, "sparse24_linear": _kept_only_sparse24}
+def _kept_only_sparse24_int8(x, values, meta, scale, bias=None):
+    """sparse24_int8_linear where only the 2 stored weights of a group read x (its CPU kernel gathers them)."""
+    return _kept_only_sparse24(x, values.double() * scale.double()[:, None], meta, bias)
+
+
+KEPT_ONLY = {"block_sparse_linear": _kept_only_block_sparse, "sparse24_linear": _kept_only_sparse24,
+             "sparse24_int8_linear": _kept_only_sparse24_int8}
 
 
 def _kept_only_block_sparse_int8(x, values, row_ptr, col_idx, scale, bias=None):

@@ -758,6 +758,56 @@ def _block_sparse_int8_linear_slack(x, values, row_ptr, col_idx, scale, bias):
     return [out if bias is None else out + EPS[x.dtype] * bias.cpu().double().abs()]
 
 
+# ----------------------------------------------------------------- 2:4 + int8 weight-only
+
+# (x shape, N): M = 1..17 (the in-register kernel to 16 rows, decode + GEMM above), K with every
+# remainder modulo the 32-input (zmm) and 16-input (ymm) steps (K % 32 in 0, 8, 16, 24), odd N,
+# 3-D x, and M = 123 (the decode + GEMM path).
+S24I8_CASES = (
+    [((m, 96), 17) for m in range(1, 18)]
+    + [((1, 8), 1), ((5, 40), 7), ((2, 3, 72), 5), ((4, 88), 9), ((3, 112), 33), ((1, 768), 6), ((16, 200), 13),
+       ((123, 64), 5), ((17, 24), 3)]
+)
+
+
+def _s24i8_parts(n, k, seed):
+    """(values int8 [n, k/2] with -128 and 127 among them, meta from a random 2:4 pattern, scale fp32 [n])."""
+    _, meta = ref_compress(weight_24(n, k, seed=seed))
+    values = _int8((n, k // 2), seed + 1, lo=-128)
+    values[0, 0], values[-1, -1] = -128, 127
+    return values, meta, _scales(n, seed + 2)
+
+
+def sparse24_int8_linear_samples(device, dtype, *, seed):
+    for i, (xshape, n) in enumerate(S24I8_CASES):
+        k = xshape[-1]
+        s = _seed(seed, "s24i8", xshape, n)
+        x = random_rows(xshape, dtype, "cpu", seed=s) * 2**-4
+        values, meta, scale = _s24i8_parts(n, k, s + 1)
+        bias = torch.randn(n, generator=gen(s + 2)) if i % 2 else None  # an fp32 bias on any x
+        yield Sample(_on(device, x, values, meta, scale, bias), f"x {xshape} N={n} bias {bias is not None}")
+    for layout in LAYOUTS_2D:
+        s = _seed(seed, "s24i8", layout)
+        values, meta, scale = _s24i8_parts(24, 64, s + 1)
+        x = random_rows((9, 64), dtype, "cpu", seed=s, layout=layout) * 2**-4
+        bias = torch.randn(48, generator=gen(s + 2)).to(dtype)[::2]  # a strided bias of x's dtype
+        # strided values and meta too: the kernel takes any layout of its weight buffers
+        yield Sample(_on(device, x, values.t().contiguous().t(), meta.t().contiguous().t(), scale, bias),
+                     f"x [9, 64] {layout}, column-major values and meta, strided bias")
+
+
+def _s24i8_dense(values, meta, scale):
+    from slimops.reference.sparse24_int8 import sparse24_int8_to_dense
+
+    return sparse24_int8_to_dense(values.cpu(), meta.cpu(), scale.cpu())
+
+
+def _sparse24_int8_linear_slack(x, values, meta, scale, bias):
+    k = x.shape[-1]
+    out = _acc(k) * (x.cpu().double().abs() @ _s24i8_dense(values, meta, scale).abs().t())
+    return [out if bias is None else out + EPS[x.dtype] * bias.cpu().double().abs()]
+
+
 # ----------------------------------------------------------------- the table
 
 _ops = slimops.ops
@@ -852,6 +902,13 @@ OP_DB: list[OpInfo] = [
            grad=Grad((0, 5), lambda x, v, rp, ci, s, b: _linear64(x, _bsi8_weight(v, rp, ci, s, x.shape[-1]), b),
                      magnitude=lambda x, v, rp, ci, s, b: _linear64(
                          x, _bsi8_weight(v, rp, ci, s, x.shape[-1]).abs(), b))),
+    OpInfo("sparse24_int8_linear", _ops.sparse24_int8_linear, sparse24_int8_linear_samples,
+           ref.sparse24_int8_linear, FLOATS, rounding(),
+           exact=lambda x, v, m, s, b: ref.sparse24_int8_linear(x.cpu().double(), v.cpu(), m.cpu(), s.cpu(),
+                                                                None if b is None else b.cpu().double()),
+           slack=_sparse24_int8_linear_slack,
+           grad=Grad((0, 4), lambda x, v, m, s, b: _linear64(x, _s24i8_dense(v, m, s), b),
+                     magnitude=lambda x, v, m, s, b: _linear64(x, _s24i8_dense(v, m, s).abs(), b))),
 ]
 
 OP_DB_BY_NAME = {info.name: info for info in OP_DB}

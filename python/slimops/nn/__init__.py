@@ -20,6 +20,7 @@ from slimops.nn.quantized import (
 from slimops.nn.quantized_conv import Int8DynamicConv2d, Int8StaticConv2d, ObservedConv2d
 from slimops.nn.sparse import BlockSparseLinear, MaskedConv2d, MaskedLinear, Sparse24Linear
 from slimops.nn.block_sparse_int8 import BlockSparseInt8Linear
+from slimops.nn.sparse24_int8 import Sparse24Int8Linear
 
 __all__ = [
     "BlockSparseLinear",
@@ -36,6 +37,7 @@ __all__ = [
     "MaskedLinear",
     "ObservedConv2d",
     "ObservedLinear",
+    "Sparse24Int8Linear",
     "Sparse24Linear",
     "WeightSpec",
     "BlockSparseInt8Linear",

@@ -63,7 +63,8 @@ def linear_stand_in(module: nn.Module) -> tuple[Callable[[], nn.Linear], str | N
     * slimops' sparse layers (:class:`MaskedLinear`, :class:`BlockSparseLinear`,
       :class:`Sparse24Linear`): their dense weight, zeros included, for a config with no
       handler of the sparse layer itself, so the sparse speed-up is lost (a fallback).
-      (``Int8WeightOnlyConfig`` has one for ``BlockSparseLinear``: slimops/quant_block_sparse_int8.py.)
+      (``Int8WeightOnlyConfig`` has one for ``BlockSparseLinear``: slimops/quant_block_sparse_int8.py,
+      and one for ``Sparse24Linear``: slimops/quant_sparse24_int8.py.)
 
     Args:
         module: any module; ``nn.Linear`` itself needs no stand-in (``None``).

@@ -65,6 +65,10 @@ RULES: tuple[Rule, ...] = (
     Rule("Fp8DynamicLinear", "cuda", 1, 16, "dequantize",
          f"{_H200_QUANT}: H200 bf16, fp8 W8A8 at 0.24x of nn.Linear at M = 16 (torch._scaled_mm 0.33x); "
          "a dequantize (about 47 us, the copy row) and a 34 us GEMM take about half its 146 us"),
+    Rule("Sparse24Int8Linear", "cuda", 1, None, "dequantize",
+         "csrc/cuda/sparse24_int8.cu: NOT a measurement. The layer's CUDA decode kernel has never run, and a "
+         "never-run kernel is no default path: dequantize + cuBLAS until the H200 run (bench/gpu_check.sh) "
+         "measures it (expect this path below 0.95x of bf16 at decode sizes: the dequantize alone is ~47 us)"),
 )
 
 _active: tuple[Rule, ...] = RULES

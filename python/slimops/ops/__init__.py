@@ -25,6 +25,7 @@ from slimops.ops.sparse import (
 )
 from slimops.ops.sparse24 import sparse24_compress, sparse24_linear, sparse24_to_dense
 from slimops.ops.block_sparse_int8 import block_sparse_int8_linear
+from slimops.ops.sparse24_int8 import sparse24_int8_linear
 from slimops.ops._triton import register_triton
 
 register_triton()
@@ -47,6 +48,7 @@ __all__ = [
     "quantize_per_channel",
     "quantize_per_token",
     "sparse24_compress",
+    "sparse24_int8_linear",
     "sparse24_linear",
     "sparse24_to_dense",
     "weight_int4_linear",

@@ -12,6 +12,7 @@ from slimops.reference.quant_mm import (
     weight_int8_linear,
 )
 from slimops.reference.quantize import dequantize, quantize_per_channel, quantize_per_token
+from slimops.reference.sparse24_int8 import sparse24_int8_linear
 
 __all__ = [
     "clip_grad_norm_fused_",
@@ -24,6 +25,7 @@ __all__ = [
     "quantize_fp8_per_row",
     "quantize_per_channel",
     "quantize_per_token",
+    "sparse24_int8_linear",
     "weight_int4_linear",
     "weight_int8_linear",
     "weight_codebook4_linear",
