@@ -30,11 +30,12 @@ from slimops.kernels._gemm import INTERPRET, device_guard
 
 
 @triton.jit
-def _weight_int4_linear_kernel(
-    x_ptr, q_ptr, s_ptr, z_ptr, bias_ptr, out_ptr,
+def _nibble_linear_kernel(
+    x_ptr, q_ptr, s_ptr, aux_ptr, bias_ptr, out_ptr,
     M, N, K,
-    stride_xm, stride_xk, stride_qn, stride_sn, stride_zn,
+    stride_xm, stride_xk, stride_qn, stride_sn, stride_auxn,
     GROUP_SIZE: tl.constexpr,
+    CODEBOOK: tl.constexpr,  # aux is a [C, 16] table (kernels/codebook4.py), else int4's zero point
     HAS_ZERO: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     IEEE_DOT: tl.constexpr,
@@ -60,19 +61,28 @@ def _weight_int4_linear_kernel(
         shift = ((offs_k // 16) % 2) * 4
         b = tl.load(q_ptr + rows_n[:, None] * stride_qn + byte[None, :],
                     mask=n_mask[:, None] & k_mask[None, :], other=0)  # [BLOCK_N, BLOCK_K] uint8
-        q = ((b.to(tl.int32) >> shift[None, :]) & 0x0F).to(x.dtype)
-        if IEEE_DOT:
-            part = tl.dot(x, tl.trans(q), input_precision="ieee")
+        q = (b.to(tl.int32) >> shift[None, :]) & 0x0F
+        if CODEBOOK:
+            # stride_auxn is 0 for a layer-wide table: every row reads row 0
+            w = tl.load(aux_ptr + rows_n[:, None] * stride_auxn + q, mask=n_mask[:, None] & k_mask[None, :],
+                        other=0.0).to(x.dtype)
         else:
-            part = tl.dot(x, tl.trans(q))
+            w = q.to(x.dtype)
+        if IEEE_DOT:
+            part = tl.dot(x, tl.trans(w), input_precision="ieee")
+        else:
+            part = tl.dot(x, tl.trans(w))
         g = k0 // GROUP_SIZE
         s = tl.load(s_ptr + rows_n * stride_sn + g, mask=n_mask, other=0.0).to(tl.float32)
-        if HAS_ZERO:
-            z = tl.load(z_ptr + rows_n * stride_zn + g, mask=n_mask, other=0.0).to(tl.float32)
+        if CODEBOOK:
+            acc += s[None, :] * part
         else:
-            z = tl.full((BLOCK_N,), 8.0, tl.float32)
-        xsum = tl.sum(x.to(tl.float32), axis=1)  # [BLOCK_M]
-        acc += s[None, :] * (part - z[None, :] * xsum[:, None])
+            if HAS_ZERO:
+                z = tl.load(aux_ptr + rows_n * stride_auxn + g, mask=n_mask, other=0.0).to(tl.float32)
+            else:
+                z = tl.full((BLOCK_N,), 8.0, tl.float32)
+            xsum = tl.sum(x.to(tl.float32), axis=1)  # [BLOCK_M]
+            acc += s[None, :] * (part - z[None, :] * xsum[:, None])
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     out = out_ptr + rows_m[:, None] * N + offs_n[None, :]
@@ -107,6 +117,14 @@ def weight_int4_linear(
 
     NOTE: the arguments are trusted: ``torch.ops.slimops.weight_int4_linear`` checks them (in C++) first.
     """
+    z = zero_point.contiguous() if zero_point is not None else None
+    return nibble_linear(x, qweight, scale, z, 0 if z is None else z.stride(0), group_size, bias,
+                         codebook=False)
+
+
+def nibble_linear(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, aux: torch.Tensor | None,
+                  stride_aux: int, group_size: int, bias: torch.Tensor | None, *, codebook: bool) -> torch.Tensor:
+    """Launches the 4-bit kernel: ``aux`` is int4's zero point (or None) or, with ``codebook``, the table."""
     k, n = x.shape[-1], qweight.shape[0]
     m = math.prod(x.shape[:-1])
     out = torch.empty((*x.shape[:-1], n), dtype=x.dtype, device=x.device)
@@ -115,7 +133,6 @@ def weight_int4_linear(
     x2 = x.reshape(m, k)
     q = qweight.contiguous()  # the byte gather assumes unit stride along a row
     s = scale.contiguous()
-    z = zero_point.contiguous() if zero_point is not None else s
     bias = bias.contiguous() if bias is not None else None
     if INTERPRET:
         block_m, block_n, block_k, warps = 16, 16, 32, 4
@@ -123,12 +140,13 @@ def weight_int4_linear(
         block_m, block_n, block_k, warps = (16, 64, _block_k(group_size), 4) if m <= 16 else (64, 64, 32, 4)
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     with device_guard(x):
-        _weight_int4_linear_kernel[grid](
-            x2, q, s, z, bias if bias is not None else s, out,
+        _nibble_linear_kernel[grid](
+            x2, q, s, aux if aux is not None else s, bias if bias is not None else s, out,
             m, n, k,
-            x2.stride(0), x2.stride(1), q.stride(0), s.stride(0), z.stride(0),
+            x2.stride(0), x2.stride(1), q.stride(0), s.stride(0), stride_aux,
             GROUP_SIZE=group_size,
-            HAS_ZERO=zero_point is not None,
+            CODEBOOK=codebook,
+            HAS_ZERO=aux is not None and not codebook,
             HAS_BIAS=bias is not None,
             IEEE_DOT=x.dtype == torch.float32,
             BLOCK_M=block_m,

@@ -177,17 +177,7 @@ SLIMOPS_CB4_AVX2 void scaled_dots_avx2(const Problem& p, int64_t m0, int64_t n0,
 #pragma GCC diagnostic pop
 #endif  // SLIMOPS_NIBBLES_X86
 
-enum class Path { kGeneric, kAvx2, kAvx512 };
-
-// As int4: AVX-512 F/BW/VL (implied by avx512vnni) or AVX2 + FMA (implied by avxvnni and avx2).
-Path path_for(CpuIsa isa) {
-  switch (isa) {
-    case CpuIsa::kAvx512Vnni: return Path::kAvx512;
-    case CpuIsa::kAvxVnni:
-    case CpuIsa::kAvx2: return Path::kAvx2;
-    default: return Path::kGeneric;
-  }
-}
+using Path = FmaPath;  // csrc/cpu/cpu_isa.h, as int4
 
 // The scaled dots of a block (mr x nr) over every input: vector kernels for the full chunks
 // (whole blocks at once, partial blocks one output at a time) plus the scalar tail.
@@ -249,7 +239,7 @@ at::Tensor weight_codebook4_linear_cpu(const at::Tensor& x, const at::Tensor& qw
                                        const at::Tensor& scale, int64_t group_size,
                                        const std::optional<at::Tensor>& bias) {
   // validated: validate_weight_codebook4_linear
-  const Path path = path_for(chosen_cpu_isa());
+  const Path path = fma_path_for(chosen_cpu_isa());
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // the op has no autograd formula (see quant_mm.cpp)
   MatmulGeometry g = linear_geometry(x, qweight.size(0), scale.size(1));
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());

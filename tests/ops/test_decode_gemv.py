@@ -130,7 +130,8 @@ def test_transposed_x_is_copied_and_fp8_nan_stays_nan(poison_empty):
     ("int8_group", {"group_size": 24}, "group_size must be a positive multiple of 16"),
     ("int4_asym", {"zero": None}, "zero_point is required"),
     ("int4_sym", {"zero": torch.zeros(3, 1)}, "zero_point is not taken"),
-    ("codebook4", {"codebook": torch.zeros(2, 16)}, r"codebook must be \[1, 16\] or \[3, 16\]"),
+    # the codebook's own checks are weight_codebook4_linear's (one validator for the op and the kernel)
+    ("codebook4", {"codebook": torch.zeros(2, 16)}, r"codebook must be \[1, 16\] \(one table for the layer\) or \[3, 16\]"),
     ("codebook4", {"codebook": None}, "codebook is required"),
     ("fp8_channel", {"q": torch.zeros(3, 32, dtype=torch.int8)}, "qweight must be Float8_e4m3fn"),
     ("int8_channel", {"scale": torch.ones(4)}, r"scale must be \[3\] or \[3, 1\]"),
