@@ -13,7 +13,8 @@
 #   llama-decode   bench/llama_decode.py: ~1B Llama greedy decode, tokens/s, eager and CUDA graphs (issue 12);
 #   launch-overhead  bench/launch_overhead.py: eager launch cost vs CUDA-graph replay, the decode ops and one
 #                  decode layer per weight format (issue 12: host bound or GPU bound);
-#   pytest-gpu     pytest -m gpu on PYTEST_ARGS (default: the sparse family and the bad-input contracts);
+#   pytest-gpu     pytest -m gpu on PYTEST_ARGS (default: every op against its reference and under CUDA-graph
+#                  capture, the sparse family and the bad-input contracts);
 #   bsi8-sweep     bench/block_sparse_int8_sweep.py (block-sparse int8; run when the file exists);
 #   ddp-example    the README's DDP example under torchrun when there are several GPUs (skipped on one);
 #   bench-<suite>  slimops bench --quick for SUITES (default none: the decode suite covers the sparse rows);
@@ -48,7 +49,9 @@ DEFAULT_STEPS="build info bad-input libstdcxx decode-sweep bench-decode fuzz-cud
 STEPS=${STEPS:-$DEFAULT_STEPS}
 SUITES=${SUITES-}  # bench suites for the step bench-suites
 EXTRAS=${EXTRAS-}  # "demo": the demo on CUDA (left out by default: time)
-PYTEST_ARGS=${PYTEST_ARGS:-tests/ops/test_sparse.py tests/ops/test_sparse24.py tests/nn_convert/test_sparse_modules.py tests/nn_convert/test_routing.py tests/ops/test_quantize_contract.py tests/ops/test_quant_mm_contract.py}
+# The op table's reference and CUDA-graph cases cover every op's CUDA C++ and Triton kernels, the forced-only
+# never-run ones (int4 / codebook decode GEMV, block-sparse int8, 2:4 + int8) included.
+PYTEST_ARGS=${PYTEST_ARGS:-tests/ops/test_op_db.py::test_matches_reference tests/ops/test_op_db.py::test_cuda_graph_capture_and_replay tests/ops/test_sparse.py tests/ops/test_sparse24.py tests/nn_convert/test_sparse_modules.py tests/nn_convert/test_routing.py tests/ops/test_quantize_contract.py tests/ops/test_quant_mm_contract.py}
 DRY_RUN=${DRY_RUN:-0}
 FAILED=()
 
